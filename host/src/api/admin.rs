@@ -1,0 +1,113 @@
+//! `/1/EventNotificationAdmin`: the platform's online/offline switch and overview.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::json::ApiJson;
+use super::subscriptions::shown_status;
+use crate::api::ApiError;
+use crate::domain::{FieldError, ValidationErrors};
+use crate::registry::{Activity, PlatformStatus};
+
+const MAX_OFFLINE_MESSAGE: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminRequest {
+    status: Option<String>,
+    offline_message: Option<String>,
+}
+
+fn parse(request: AdminRequest) -> Result<(PlatformStatus, String), ValidationErrors> {
+    let mut errors = Vec::new();
+    let status = match request.status.as_deref() {
+        Some("online") => Some(PlatformStatus::Online),
+        Some("offline") => Some(PlatformStatus::Offline),
+        Some(other) => {
+            errors.push(FieldError {
+                field: "status".into(),
+                message: format!("must be one of online | offline, got {other:?}"),
+            });
+            None
+        }
+        None => {
+            errors.push(FieldError {
+                field: "status".into(),
+                message: "is required".into(),
+            });
+            None
+        }
+    };
+    let message = request.offline_message.unwrap_or_default();
+    if message.chars().count() > MAX_OFFLINE_MESSAGE {
+        errors.push(FieldError {
+            field: "offline_message".into(),
+            message: format!("must be at most {MAX_OFFLINE_MESSAGE} characters"),
+        });
+    }
+    match status {
+        Some(status) if errors.is_empty() => Ok((status, message)),
+        _ => Err(ValidationErrors(errors)),
+    }
+}
+
+pub(super) async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    overview(&state).await.map(Json)
+}
+
+pub(super) async fn set(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<AdminRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let (status, message) = parse(request).map_err(ApiError::Validation)?;
+    let previous = state.registry.set_admin_state(status, &message).await?;
+    if previous.status != status {
+        // Seed 000: switching the platform records active/inactive on every running webhook.
+        let activity = match status {
+            PlatformStatus::Online => Activity::Active,
+            PlatformStatus::Offline => Activity::Inactive,
+        };
+        for subscription in state.registry.list_subscriptions().await? {
+            if subscription.spec.active.is_active() {
+                state
+                    .registry
+                    .record_activity(subscription.id, &activity)
+                    .await?;
+                state.registry.touch_status(subscription.id).await?;
+            }
+        }
+        tracing::warn!(status = status.as_str(), message = %message, "Platform switched.");
+    }
+    state.changes.notify_one();
+    overview(&state).await.map(Json)
+}
+
+async fn overview(state: &AppState) -> Result<Value, ApiError> {
+    let admin = state.registry.admin_state().await?;
+    let webhooks: Vec<Value> = state
+        .registry
+        .list_subscriptions()
+        .await?
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "name": s.spec.name.as_str(),
+                "timestamp": s.status_changed_at,
+                "status": shown_status(s, admin.status),
+                "topics": s.spec.topics(),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "id": admin.id,
+        "kind": "WebhookAdmin",
+        "status": admin.status.as_str(),
+        "offline_message": admin.offline_message,
+        "timestamp": admin.updated_at,
+        "webhooks": webhooks,
+    }))
+}

@@ -1,0 +1,181 @@
+//! `/1/Subscription` handlers: create, list, get, replace, delete and status.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::json::ApiJson;
+use super::{AppState, parse_id};
+use crate::api::ApiError;
+use crate::domain::{SubscriptionRequest, SubscriptionSpec};
+use crate::registry::{Activity, ActivityEntry, Health, PlatformStatus, StoredSubscription};
+use crate::signing::SigningSecret;
+
+/// A subscription as every response shows it: id and kind first, secrets masked.
+pub(super) fn subscription_body(stored: &StoredSubscription) -> Value {
+    let mut body = serde_json::Map::new();
+    body.insert("id".into(), json!(stored.id));
+    body.insert("kind".into(), json!("Webhook"));
+    if let Value::Object(spec) = stored.spec.to_public_json() {
+        body.extend(spec);
+    }
+    body.insert("created_at".into(), json!(stored.created_at));
+    body.insert("updated_at".into(), json!(stored.updated_at));
+    Value::Object(body)
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<SubscriptionRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if request.id.is_some() {
+        return Err(ApiError::InvalidField {
+            field: "id".into(),
+            message: "is assigned by wasmhook; leave it out when creating".into(),
+        });
+    }
+    let spec = SubscriptionSpec::parse(request, None).map_err(ApiError::Validation)?;
+    let secret = SigningSecret::generate();
+    let stored = state
+        .registry
+        .create_subscription(&spec, secret.as_str())
+        .await?;
+    if spec.active.is_active() {
+        state
+            .registry
+            .record_activity(stored.id, &Activity::Active)
+            .await?;
+    }
+    state.changes.notify_one();
+    tracing::info!(subscription = %stored.id, name = spec.name.as_str(), "Subscription registered.");
+    let mut body = subscription_body(&stored);
+    // Shown once: later responses never carry it.
+    body["signing_secret"] = json!(secret.as_str());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let all = state.registry.list_subscriptions().await?;
+    Ok(Json(Value::Array(
+        all.iter().map(subscription_body).collect(),
+    )))
+}
+
+async fn load(state: &AppState, raw_id: &str) -> Result<StoredSubscription, ApiError> {
+    let id = parse_id(raw_id, "subscription")?;
+    state
+        .registry
+        .get_subscription(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no subscription with id {id}")))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(subscription_body(&load(&state, &id).await?)))
+}
+
+pub(super) async fn replace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<SubscriptionRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let current = load(&state, &id).await?;
+    if let Some(body_id) = &request.id
+        && body_id.parse() != Ok(current.id)
+    {
+        return Err(ApiError::InvalidField {
+            field: "id".into(),
+            message: format!("{body_id:?} differs from the id in the path"),
+        });
+    }
+    let spec =
+        SubscriptionSpec::parse(request, Some(&current.spec)).map_err(ApiError::Validation)?;
+    let stored = state.registry.replace_subscription(&current, &spec).await?;
+    let (was, is) = (current.spec.active.is_active(), spec.active.is_active());
+    if was != is {
+        let activity = if is {
+            Activity::Active
+        } else {
+            Activity::Inactive
+        };
+        state.registry.record_activity(stored.id, &activity).await?;
+        state.registry.touch_status(stored.id).await?;
+    }
+    state.changes.notify_one();
+    tracing::info!(subscription = %stored.id, revision = stored.revision, "Subscription replaced.");
+    Ok(Json(subscription_body(&stored)))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "subscription")?;
+    if !state.registry.delete_subscription(id).await? {
+        return Err(ApiError::NotFound(format!("no subscription with id {id}")));
+    }
+    state.changes.notify_one();
+    tracing::info!(subscription = %id, "Subscription deleted.");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The status the seed defines: inactive when switched off (by the subscription
+/// or the platform), else the health the delivery engine recorded.
+pub(super) fn shown_status(stored: &StoredSubscription, platform: PlatformStatus) -> &'static str {
+    if !stored.spec.active.is_active() || platform == PlatformStatus::Offline {
+        "inactive"
+    } else {
+        match stored.health {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+fn activity_body(entry: &ActivityEntry) -> Value {
+    match &entry.activity {
+        Activity::Active => json!({"timestamp": entry.timestamp, "event": "active"}),
+        Activity::Inactive => json!({"timestamp": entry.timestamp, "event": "inactive"}),
+        Activity::ApiCall(call) => json!({
+            "timestamp": entry.timestamp,
+            "event": "api_call",
+            "request": call.request,
+            "request_headers": call.request_headers,
+            "response_code": call.response_code,
+            "response_body": call.response_body,
+            "response_headers": call.response_headers,
+        }),
+    }
+}
+
+pub(super) async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stored = load(&state, &id).await?;
+    let admin = state.registry.admin_state().await?;
+    let activity = state.registry.recent_activity(stored.id).await?;
+    let dead_letters = state.registry.recent_dead_letters(stored.id).await?;
+    let mut body = json!({
+        "id": stored.id,
+        "kind": "WebhookStatus",
+        "name": stored.spec.name.as_str(),
+        "active": stored.spec.active.as_str(),
+        "payload_url": stored.spec.destination.webhook.url.as_str(),
+        "timestamp": stored.status_changed_at,
+        "status": shown_status(&stored, admin.status),
+        "recent_activity": activity.iter().map(activity_body).collect::<Vec<_>>(),
+        "counts": stored.counts,
+        "dead_letter_topic": crate::delivery::dead_letter::topic_for(stored.id),
+        "dead_letters": dead_letters,
+    });
+    if admin.status == PlatformStatus::Offline {
+        body["offline_message"] = json!(admin.offline_message);
+    }
+    Ok(Json(body))
+}

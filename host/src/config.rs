@@ -1,0 +1,227 @@
+//! Configuration: command-line flags, each with an environment variable, and the
+//! plain [`Settings`] that the rest of the crate (and the tests) build from.
+//!
+//! Flags override the environment, which overrides the defaults (seed 001's model).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Delivers Kafka messages to webhooks, with WebAssembly plugins.
+///
+/// With nothing configured it serves the REST API on 127.0.0.1:8080, keeps its
+/// registry in ./wasmhook.db (SQLite) and starts an embedded, in-memory Kafka
+/// broker for trying things out.
+#[derive(Debug, Parser)]
+#[command(name = "wasmhook", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address the REST API listens on.
+    #[arg(
+        long,
+        env = "WASMHOOK_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Registry database: sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        env = "WASMHOOK_DATABASE_URL",
+        default_value = "sqlite://wasmhook.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Kafka bootstrap servers (host:port,…). Unset: start an embedded in-memory broker.
+    #[arg(long, env = "WASMHOOK_KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+
+    /// Where a new subscription starts reading a topic it has no committed offset for.
+    #[arg(long, env = "WASMHOOK_START_FROM", value_enum, default_value_t = StartFrom::Earliest, global = true)]
+    pub start_from: StartFrom,
+
+    /// Largest request body the API accepts, in bytes.
+    #[arg(long, env = "WASMHOOK_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Timeout of one webhook request.
+    #[arg(long, env = "WASMHOOK_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub request_timeout: Duration,
+
+    /// First wait of exponential_backoff; doubles per retry up to --retry-max-delay.
+    #[arg(long, env = "WASMHOOK_RETRY_BASE_DELAY", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub retry_base_delay: Duration,
+
+    /// Longest wait between two attempts (also caps Retry-After).
+    #[arg(long, env = "WASMHOOK_RETRY_MAX_DELAY", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub retry_max_delay: Duration,
+
+    /// Wait between attempts for fixed_time.
+    #[arg(long, env = "WASMHOOK_RETRY_FIXED_DELAY", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub retry_fixed_delay: Duration,
+
+    /// Webhook requests in flight at once, across all subscriptions.
+    #[arg(
+        long,
+        env = "WASMHOOK_MAX_CONCURRENT_DELIVERIES",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_concurrent_deliveries: usize,
+
+    /// How often the registry is re-read for changes made by other hosts.
+    #[arg(long, env = "WASMHOOK_RECONCILE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub reconcile_interval: Duration,
+
+    /// How long shutdown waits for in-flight batches before abandoning them (uncommitted).
+    #[arg(long, env = "WASMHOOK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// SMTP server for alert emails (host). Unset: alerts are only logged.
+    #[arg(long, env = "WASMHOOK_SMTP_HOST", global = true)]
+    pub smtp_host: Option<String>,
+
+    /// SMTP port (plain SMTP, no TLS; put a relay in front for TLS).
+    #[arg(long, env = "WASMHOOK_SMTP_PORT", default_value_t = 25, global = true)]
+    pub smtp_port: u16,
+
+    /// Sender address of alert emails.
+    #[arg(
+        long,
+        env = "WASMHOOK_SMTP_FROM",
+        default_value = "wasmhook@localhost",
+        global = true
+    )]
+    pub smtp_from: String,
+
+    /// Fewest time between two alert emails about one subscription.
+    #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
+    pub alert_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Serve the REST API and deliver (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// Where a consumer group with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartFrom {
+    /// Everything the topic still holds.
+    Earliest,
+    /// Only messages produced after the subscription's consumer joined.
+    Latest,
+}
+
+impl StartFrom {
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        }
+    }
+}
+
+/// Everything the application needs, independent of how it was configured.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// Bootstrap servers; the binary fills this with the embedded broker when unset.
+    pub kafka_brokers: String,
+    pub max_body_bytes: usize,
+    pub delivery: DeliverySettings,
+    pub smtp: Option<SmtpSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub start_from: StartFrom,
+    pub request_timeout: Duration,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    pub retry_fixed_delay: Duration,
+    pub max_concurrent_deliveries: usize,
+    pub reconcile_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub alert_interval: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            start_from: StartFrom::Earliest,
+            request_timeout: Duration::from_secs(10),
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+            retry_fixed_delay: Duration::from_secs(5),
+            max_concurrent_deliveries: 64,
+            reconcile_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            alert_interval: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+}
+
+impl Cli {
+    /// Settings for serving, given the brokers to use (configured or embedded).
+    pub fn settings(&self, kafka_brokers: String) -> Settings {
+        Settings {
+            listen: self.listen,
+            database_url: self.database_url.clone(),
+            kafka_brokers,
+            max_body_bytes: self.max_body_bytes,
+            delivery: DeliverySettings {
+                start_from: self.start_from,
+                request_timeout: self.request_timeout,
+                retry_base_delay: self.retry_base_delay,
+                retry_max_delay: self.retry_max_delay,
+                retry_fixed_delay: self.retry_fixed_delay,
+                max_concurrent_deliveries: self.max_concurrent_deliveries,
+                reconcile_interval: self.reconcile_interval,
+                shutdown_grace: self.shutdown_grace,
+                alert_interval: self.alert_interval,
+            },
+            smtp: self.smtp_host.as_ref().map(|host| SmtpSettings {
+                host: host.clone(),
+                port: self.smtp_port,
+                from: self.smtp_from.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_locally_with_sqlite() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        assert_eq!(cli.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cli.database_url, "sqlite://wasmhook.db");
+        assert!(cli.kafka_brokers.is_none());
+    }
+
+    #[test]
+    fn flags_parse_durations() {
+        let cli =
+            Cli::try_parse_from(["wasmhook", "--retry-base-delay", "250ms", "serve"]).unwrap();
+        assert_eq!(cli.retry_base_delay, Duration::from_millis(250));
+    }
+}

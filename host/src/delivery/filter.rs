@@ -1,0 +1,89 @@
+//! JMES filters per source topic, ANDed; pure.
+//!
+//! A value that is not JSON fails any filter; a topic without filters passes
+//! everything.
+
+use std::collections::HashMap;
+
+use crate::domain::{JmesFilter, SubscriptionSpec};
+
+use super::record::Record;
+
+pub struct SourceFilters {
+    by_topic: HashMap<String, Vec<JmesFilter>>,
+}
+
+impl SourceFilters {
+    pub fn new(spec: &SubscriptionSpec) -> Self {
+        Self {
+            by_topic: spec
+                .source
+                .iter()
+                .map(|s| (s.topic.as_str().to_string(), s.jmes_filters.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn passes(&self, record: &Record) -> bool {
+        let filters = match self.by_topic.get(&record.topic) {
+            Some(f) if !f.is_empty() => f,
+            _ => return true,
+        };
+        let Some(document) = record
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|text| jmespath::Variable::from_json(text).ok())
+        else {
+            return false;
+        };
+        filters.iter().all(|f| f.matches(&document))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SubscriptionRequest, SubscriptionSpec};
+
+    fn filters(topics: serde_json::Value) -> SourceFilters {
+        let request: SubscriptionRequest = serde_json::from_value(serde_json::json!({
+            "name": "f",
+            "destination": {"kind": "webhook", "webhook": {"url": "http://h/"}},
+            "source": topics,
+        }))
+        .unwrap();
+        SourceFilters::new(&SubscriptionSpec::parse(request, None).unwrap())
+    }
+
+    fn record(topic: &str, value: &[u8]) -> Record {
+        Record {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            timestamp: None,
+            key: None,
+            value: Some(value.to_vec()),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn filters_are_anded_per_topic() {
+        let f = filters(serde_json::json!([
+            {"topic": "a", "jmes_filters": ["amount > `10`", "currency == 'EUR'"]},
+            {"topic": "b"}
+        ]));
+        assert!(f.passes(&record("a", br#"{"amount": 11, "currency": "EUR"}"#)));
+        assert!(!f.passes(&record("a", br#"{"amount": 11, "currency": "USD"}"#)));
+        assert!(!f.passes(&record("a", br#"{"amount": 1, "currency": "EUR"}"#)));
+        assert!(f.passes(&record("b", b"not json at all")));
+    }
+
+    #[test]
+    fn a_value_that_is_not_json_fails_any_filter() {
+        let f = filters(serde_json::json!([{"topic": "a", "jmes_filters": ["`true`"]}]));
+        assert!(!f.passes(&record("a", b"plain")));
+        assert!(f.passes(&record("a", b"{}")));
+    }
+}

@@ -1,0 +1,29 @@
+//! The delivery engine: one pipeline per active subscription, under a supervisor.
+//!
+//! ```text
+//! consumer (group webhooks-{id}) ─► JMES filters ─► batcher ─► sender ─► commit
+//!                                                      failure ─► retry schedule ─► dead letter
+//! ```
+//!
+//! - [`supervisor`]: reconciles running pipelines with the registry and the admin switch.
+//! - [`pipeline`]: the per-subscription loop; the only place offsets are committed.
+//! - [`record`], [`filter`], [`batcher`], [`retry`]: small pure stages, tested alone.
+//! - [`sender`]: one webhook request, signed, with its activity record.
+//! - [`dead_letter`]: exhausted batches to a Kafka topic per subscription.
+//! - [`alert`]: email on health transitions, rate limited.
+//!
+//! Semantics (DESIGN.md): at-least-once; an offset is committed only after its
+//! batch reached a final outcome (delivered, filtered out, or dead-lettered);
+//! one batch in flight per subscription, so order holds per partition.
+
+pub mod alert;
+pub mod batcher;
+pub mod dead_letter;
+pub mod filter;
+pub mod pipeline;
+pub mod record;
+pub mod retry;
+pub mod sender;
+pub mod supervisor;
+
+pub use supervisor::Supervisor;

@@ -1,0 +1,188 @@
+//! A consumed Kafka message, owned, and its JSON form in the webhook body.
+//!
+//! The body of a webhook request is a JSON array with one object per message:
+//! `topic`, `partition`, `offset`, `timestamp` (ms since the epoch, or null),
+//! `key`, `headers` (`[{"key", "value"}]`) and `value`. A value that is JSON is
+//! embedded as JSON (`"value_encoding": "json"`); otherwise UTF-8 text is a string
+//! (`"string"`) and anything else is base64 (`"base64"`). Keys and header values
+//! are strings, or base64 with `key_encoding`/`encoding` set to `"base64"`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Headers};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Record {
+    pub fn from_kafka(message: &BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    /// The value as JSON text, when it is JSON.
+    pub fn json_value(&self) -> Option<&RawValue> {
+        let bytes = self.value.as_deref()?;
+        serde_json::from_slice::<&RawValue>(bytes).ok()
+    }
+}
+
+#[derive(Serialize)]
+struct WireHeader<'a> {
+    key: &'a str,
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireValue<'a> {
+    Json(&'a RawValue),
+    Text(String),
+}
+
+#[derive(Serialize)]
+struct WireRecord<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_encoding: Option<&'static str>,
+    headers: Vec<WireHeader<'a>>,
+    value: Option<WireValue<'a>>,
+    value_encoding: &'static str,
+}
+
+/// Text if UTF-8, else base64 with its marker.
+fn text_or_base64(bytes: &[u8]) -> (String, Option<&'static str>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_string(), None),
+        Err(_) => (STANDARD.encode(bytes), Some("base64")),
+    }
+}
+
+fn wire(record: &Record) -> WireRecord<'_> {
+    let (key, key_encoding) = match record.key.as_deref().map(text_or_base64) {
+        Some((k, e)) => (Some(k), e),
+        None => (None, None),
+    };
+    let (value, value_encoding) = match record.value.as_deref() {
+        None => (None, "null"),
+        Some(bytes) => match record.json_value() {
+            Some(json) => (Some(WireValue::Json(json)), "json"),
+            None => match std::str::from_utf8(bytes) {
+                Ok(text) => (Some(WireValue::Text(text.to_string())), "string"),
+                Err(_) => (Some(WireValue::Text(STANDARD.encode(bytes))), "base64"),
+            },
+        },
+    };
+    WireRecord {
+        topic: &record.topic,
+        partition: record.partition,
+        offset: record.offset,
+        timestamp: record.timestamp,
+        key,
+        key_encoding,
+        headers: record
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let (value, encoding) = match v.as_deref().map(text_or_base64) {
+                    Some((v, e)) => (Some(v), e),
+                    None => (None, None),
+                };
+                WireHeader {
+                    key: k,
+                    value,
+                    encoding,
+                }
+            })
+            .collect(),
+        value,
+        value_encoding,
+    }
+}
+
+/// The JSON array body for a batch.
+pub fn json_body(records: &[Record]) -> Vec<u8> {
+    let wire: Vec<WireRecord<'_>> = records.iter().map(wire).collect();
+    serde_json::to_vec(&wire).expect("records always serialise")
+}
+
+/// The id a batch keeps across retries: where it starts.
+pub fn delivery_id(records: &[Record]) -> String {
+    match records.first() {
+        Some(r) => format!("{}-{}-{}", r.topic, r.partition, r.offset),
+        None => "empty".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn record(offset: i64, value: &[u8]) -> Record {
+        Record {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            timestamp: Some(1),
+            key: Some(vec![0xff]),
+            value: Some(value.to_vec()),
+            headers: vec![("h".into(), Some(b"v".to_vec()))],
+        }
+    }
+
+    #[test]
+    fn values_are_embedded_as_json_text_or_base64() {
+        let body = json_body(&[
+            record(1, br#"{"a":1}"#),
+            record(2, b"plain text"),
+            record(3, &[0xff, 0x00]),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v[0]["value"], serde_json::json!({"a": 1}));
+        assert_eq!(v[0]["value_encoding"], "json");
+        assert_eq!(v[1]["value"], "plain text");
+        assert_eq!(v[1]["value_encoding"], "string");
+        assert_eq!(v[2]["value"], "/wA=");
+        assert_eq!(v[2]["value_encoding"], "base64");
+        assert_eq!(v[0]["key"], "/w==");
+        assert_eq!(v[0]["key_encoding"], "base64");
+        assert_eq!(v[0]["headers"][0]["value"], "v");
+    }
+
+    #[test]
+    fn the_delivery_id_names_the_first_message() {
+        assert_eq!(delivery_id(&[record(7, b"x"), record(8, b"y")]), "t-0-7");
+    }
+}

@@ -1,0 +1,186 @@
+//! One webhook request: POST the batch, signed, and describe what happened.
+//!
+//! The sender classifies the answer (2xx delivered; anything else, a timeout or
+//! a connection error failed, with the receiver's Retry-After) and builds the
+//! `api_call` activity entry with secrets masked. Retrying is not its business.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
+use tokio::sync::Semaphore;
+
+use crate::domain::HeaderLine;
+use crate::registry::ApiCall;
+use crate::signing::SigningSecret;
+
+use super::retry::parse_retry_after;
+
+/// How much of a response body the activity log keeps.
+const RESPONSE_BODY_KEPT: usize = 1024;
+
+/// Where and how a subscription's batches are sent.
+#[derive(Clone)]
+pub struct Target {
+    pub url: reqwest::Url,
+    pub headers: Vec<HeaderLine>,
+    pub secret: SigningSecret,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Delivered,
+    Failed {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    pub call: ApiCall,
+}
+
+/// Shared by every pipeline: one HTTP client (one connection pool) and the
+/// global cap on requests in flight.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+}
+
+impl Sender {
+    pub fn new(timeout: Duration, max_concurrent: usize) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            client,
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+        })
+    }
+
+    pub async fn send(&self, target: &Target, delivery_id: &str, body: bytes::Bytes) -> Attempt {
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = target.secret.sign(delivery_id, timestamp, &body);
+        let mut headers = HeaderMap::new();
+        for line in &target.headers {
+            headers.append(line.name().clone(), line.value().clone());
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("wasmhook/", env!("CARGO_PKG_VERSION"))),
+        );
+        let id_value =
+            HeaderValue::from_str(delivery_id).unwrap_or(HeaderValue::from_static("invalid"));
+        headers.insert("webhook-id", id_value);
+        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        headers.insert(
+            "webhook-signature",
+            HeaderValue::from_str(&signature).expect("base64 is a valid header value"),
+        );
+
+        let mut request_headers: Vec<String> =
+            target.headers.iter().map(HeaderLine::masked).collect();
+        request_headers.extend([
+            "content-type: application/json".to_string(),
+            format!("webhook-id: {delivery_id}"),
+            format!("webhook-timestamp: {timestamp}"),
+            format!("webhook-signature: {signature}"),
+        ]);
+        let request_line = format!("POST {}", target.url);
+
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let result = self
+            .client
+            .post(target.url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        match result {
+            Err(error) => {
+                let reason = describe(&error);
+                Attempt {
+                    outcome: Outcome::Failed {
+                        reason: reason.clone(),
+                        retry_after: None,
+                    },
+                    call: ApiCall {
+                        request: request_line,
+                        request_headers,
+                        response_code: 0,
+                        response_body: reason,
+                        response_headers: vec![],
+                    },
+                }
+            }
+            Ok(mut response) => {
+                let status = response.status();
+                let response_headers = response
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+                    .collect();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+                let mut kept = Vec::new();
+                // Read only what is kept: a receiver may answer with a huge body.
+                while kept.len() < RESPONSE_BODY_KEPT {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                kept.truncate(RESPONSE_BODY_KEPT);
+                let response_body = String::from_utf8_lossy(&kept).into_owned();
+                let outcome = if status.is_success() {
+                    Outcome::Delivered
+                } else {
+                    Outcome::Failed {
+                        reason: format!("the webhook answered {status}"),
+                        retry_after,
+                    }
+                };
+                Attempt {
+                    outcome,
+                    call: ApiCall {
+                        request: request_line,
+                        request_headers,
+                        response_code: status.as_u16(),
+                        response_body,
+                        response_headers,
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "the webhook did not answer in time"
+    } else if error.is_connect() {
+        "could not connect to the webhook"
+    } else {
+        "the request to the webhook failed"
+    };
+    let mut text = format!("{kind}: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,180 @@
+//! The supervisor: keeps one running pipeline per active subscription while the
+//! platform is online, and none while it is offline.
+//!
+//! It reconciles the running set with the registry whenever the local API
+//! changes something (a `Notify`) and every `reconcile_interval` (to see changes
+//! made through other hosts). A pipeline whose subscription changed is stopped
+//! and started again with the new spec, in the same consumer group, so it goes
+//! on from the committed position. A pipeline that ended by itself (an error) is
+//! restarted at the next reconcile.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::alert::Alerter;
+use super::dead_letter::DeadLetters;
+use super::pipeline::{Pipeline, Shared};
+use super::sender::Sender;
+use crate::config::Settings;
+use crate::registry::{PlatformStatus, Registry, StoredSubscription};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("could not build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("could not create the dead-letter producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Alert(#[from] super::alert::AlertError),
+}
+
+struct Running {
+    revision: i64,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    changes: Arc<Notify>,
+    running: HashMap<Uuid, Running>,
+}
+
+impl Supervisor {
+    pub fn new(
+        registry: Registry,
+        changes: Arc<Notify>,
+        settings: &Settings,
+    ) -> Result<Self, SupervisorError> {
+        let delivery = settings.delivery.clone();
+        let shared = Shared {
+            registry,
+            sender: Sender::new(delivery.request_timeout, delivery.max_concurrent_deliveries)?,
+            dead_letters: DeadLetters::new(&settings.kafka_brokers)?,
+            alerter: Alerter::new(settings.smtp.as_ref(), delivery.alert_interval)?,
+            brokers: settings.kafka_brokers.clone(),
+            settings: delivery,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            changes,
+            running: HashMap::new(),
+        })
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        let interval = self.shared.settings.reconcile_interval;
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.changes.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+        let grace = self.shared.settings.shutdown_grace;
+        let ids: Vec<Uuid> = self.running.keys().copied().collect();
+        self.stop_all(&ids, grace).await;
+        tracing::info!("Delivery stopped.");
+    }
+
+    async fn reconcile(&mut self) {
+        let desired = match self.desired().await {
+            Ok(desired) => desired,
+            Err(error) => {
+                tracing::error!(error = %error, "Could not read the registry; keeping pipelines as they are.");
+                return;
+            }
+        };
+        let outdated: Vec<Uuid> = self
+            .running
+            .iter()
+            .filter(|(id, running)| {
+                running.task.is_finished()
+                    || desired
+                        .get(id)
+                        .is_none_or(|s| s.revision != running.revision)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        // An outdated pipeline must leave its group before its successor joins.
+        self.stop_all(&outdated, self.shared.settings.shutdown_grace)
+            .await;
+        for (id, subscription) in desired {
+            if !self.running.contains_key(&id) {
+                self.start(subscription);
+            }
+        }
+    }
+
+    /// The subscriptions that should be delivering now, by id.
+    async fn desired(
+        &self,
+    ) -> Result<HashMap<Uuid, StoredSubscription>, crate::registry::RegistryError> {
+        let registry = &self.shared.registry;
+        if registry.admin_state().await?.status == PlatformStatus::Offline {
+            return Ok(HashMap::new());
+        }
+        Ok(registry
+            .list_subscriptions()
+            .await?
+            .into_iter()
+            .filter(|s| s.spec.active.is_active())
+            .map(|s| (s.id, s))
+            .collect())
+    }
+
+    fn start(&mut self, subscription: StoredSubscription) {
+        let id = subscription.id;
+        let stop = CancellationToken::new();
+        let pipeline = match Pipeline::new(&subscription, self.shared.clone()) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::error!(subscription = %id, error = %error, "Pipeline could not be built.");
+                return;
+            }
+        };
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            if let Err(error) = pipeline.run(token).await {
+                tracing::error!(subscription = %id, error = %error, "Pipeline failed; it restarts at the next reconcile.");
+            }
+        });
+        self.running.insert(
+            id,
+            Running {
+                revision: subscription.revision,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Stops pipelines together; those not done within `grace` are aborted (their
+    /// batch in hand is not committed and will be delivered again).
+    async fn stop_all(&mut self, ids: &[Uuid], grace: Duration) {
+        let stopping: Vec<(Uuid, Running)> = ids
+            .iter()
+            .filter_map(|id| self.running.remove(id).map(|r| (*id, r)))
+            .collect();
+        for (_, running) in &stopping {
+            running.stop.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for (id, mut running) in stopping {
+            if tokio::time::timeout_at(deadline, &mut running.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(subscription = %id, "Pipeline did not stop within the grace period; abandoning its batch.");
+                running.task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The domain: values that can only hold what the platform accepts.
+//!
+//! Every newtype here parses, it does not validate: once a `BatchSize` or a
+//! `WebhookUrl` exists, it is in range. The wire shapes of the REST API live in
+//! `api`; this module turns them into a [`SubscriptionSpec`] and collects every
+//! violation with the path of the field that caused it. Nothing here does I/O.
+
+mod fields;
+mod subscription;
+
+pub use fields::{
+    Active, AlertChannel, BatchInterval, BatchSize, EmailAddress, HeaderLine, JmesFilter, MASK,
+    MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
+};
+pub use subscription::{
+    Alerting, Batching, FieldError, RetryPolicy, SourceSpec, SubscriptionRequest, SubscriptionSpec,
+    ValidationErrors, WebhookDestination,
+};

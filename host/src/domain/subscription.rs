@@ -1,0 +1,564 @@
+//! A subscription as the platform holds it, and its parsing from the REST shape.
+//!
+//! [`SubscriptionRequest`] is the wire shape of seed 000, lenient so that every
+//! violation can be reported at once; [`SubscriptionSpec::parse`] turns it into a
+//! spec that can only hold valid values. The spec serialises to the same shape
+//! (with secrets in full: that form is for the registry, not for responses; see
+//! [`SubscriptionSpec::to_public_json`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::fields::*;
+
+/// One violated rule, with the JSON path of the field that broke it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every violation found in one request, in document order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Parses `value` (when present) with `parse`, recording a failure under `field`.
+    fn check<T, R>(
+        &mut self,
+        field: &str,
+        value: Option<R>,
+        parse: impl FnOnce(R) -> Result<T, String>,
+    ) -> Option<T> {
+        match value {
+            None => {
+                self.push(field, "is required");
+                None
+            }
+            Some(raw) => parse(raw).map_err(|message| self.push(field, message)).ok(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+// ---- The wire shape, as clients send it ----
+
+/// `POST /1/Subscription` and `PUT /1/Subscription/{id}` bodies.
+///
+/// Every field is optional here so that a missing one is reported beside the
+/// others instead of stopping deserialisation; unknown fields are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRequest {
+    /// Accepted so that a fetched subscription can be sent back as it is.
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub active: Option<String>,
+    pub destination: Option<DestinationRequest>,
+    pub source: Option<Vec<SourceRequest>>,
+    pub configuration: Option<ConfigurationRequest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationRequest {
+    pub kind: Option<String>,
+    pub webhook: Option<WebhookRequest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    pub url: Option<String>,
+    pub headers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRequest {
+    pub topic: Option<String>,
+    pub jmes_filters: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigurationRequest {
+    pub batching: Option<BatchingRequest>,
+    pub retry: Option<RetryRequest>,
+    pub alerting: Option<AlertingRequest>,
+    pub rate_limit: Option<RateLimitRequest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingRequest {
+    pub max_batch_size: Option<i64>,
+    pub max_batch_interval_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    pub max_retries: Option<i64>,
+    pub retry_algorithm: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingRequest {
+    pub alert_channel: Option<String>,
+    pub alert_emails: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRequest {
+    pub max_requests_per_second: Option<i64>,
+}
+
+// ---- The parsed spec ----
+
+/// A subscription that passed every rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionSpec {
+    pub name: SubscriptionName,
+    pub active: Active,
+    pub destination: Destination,
+    pub source: Vec<SourceSpec>,
+    pub configuration: Configuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Destination {
+    pub kind: DestinationKind,
+    pub webhook: WebhookDestination,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DestinationKind {
+    #[serde(rename = "webhook")]
+    Webhook,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDestination {
+    pub url: WebhookUrl,
+    #[serde(default)]
+    pub headers: Vec<HeaderLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub topic: TopicName,
+    #[serde(default)]
+    pub jmes_filters: Vec<JmesFilter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Configuration {
+    pub batching: Batching,
+    pub retry: RetryPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<Alerting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Batching {
+    pub max_batch_size: BatchSize,
+    pub max_batch_interval_seconds: BatchInterval,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_retries: MaxRetries,
+    pub retry_algorithm: RetryAlgorithm,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alerting {
+    pub alert_channel: AlertChannel,
+    pub alert_emails: Vec<EmailAddress>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitSpec {
+    pub max_requests_per_second: RateLimit,
+}
+
+/// Defaults where the request leaves a section out (seed 001's forwarder defaults).
+const DEFAULT_BATCH_SIZE: i64 = 10;
+const DEFAULT_BATCH_INTERVAL_SECONDS: i64 = 10;
+const DEFAULT_MAX_RETRIES: i64 = 3;
+
+impl SubscriptionSpec {
+    /// Parses a request, collecting every violation.
+    ///
+    /// `previous` is the stored spec on update: a header sent back in its masked
+    /// form keeps the stored value, so clients can PUT what they GET.
+    pub fn parse(
+        request: SubscriptionRequest,
+        previous: Option<&SubscriptionSpec>,
+    ) -> Result<Self, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+
+        if let Some(kind) = &request.kind
+            && kind != "Webhook"
+        {
+            errors.push(
+                "kind",
+                format!("must be \"Webhook\" when given, got {kind:?}"),
+            );
+        }
+        let name = errors.check("name", request.name, SubscriptionName::parse);
+        let active = match request.active {
+            None => Some(Active::Yes),
+            Some(a) => errors.check("active", Some(a), |a| a.parse::<Active>()),
+        };
+        let destination = parse_destination(request.destination, previous, &mut errors);
+        let source = parse_sources(request.source, &mut errors);
+        let configuration = parse_configuration(request.configuration, &mut errors);
+
+        match (name, active, destination, source, configuration) {
+            (Some(name), Some(active), Some(destination), Some(source), Some(configuration))
+                if errors.is_empty() =>
+            {
+                Ok(Self {
+                    name,
+                    active,
+                    destination,
+                    source,
+                    configuration,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// The topics this subscription reads, in the order given.
+    pub fn topics(&self) -> Vec<&str> {
+        self.source.iter().map(|s| s.topic.as_str()).collect()
+    }
+
+    /// The spec as responses show it: header values masked.
+    pub fn to_public_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("a spec always serialises");
+        let masked: Vec<String> = self
+            .destination
+            .webhook
+            .headers
+            .iter()
+            .map(HeaderLine::masked)
+            .collect();
+        value["destination"]["webhook"]["headers"] = serde_json::json!(masked);
+        value
+    }
+}
+
+fn parse_destination(
+    request: Option<DestinationRequest>,
+    previous: Option<&SubscriptionSpec>,
+    errors: &mut ValidationErrors,
+) -> Option<Destination> {
+    let Some(request) = request else {
+        errors.push("destination", "is required");
+        return None;
+    };
+    let kind = errors.check("destination.kind", request.kind, |k| match k.as_str() {
+        "webhook" => Ok(DestinationKind::Webhook),
+        other => Err(format!("must be webhook, got {other:?}")),
+    });
+    let Some(webhook) = request.webhook else {
+        errors.push("destination.webhook", "is required");
+        return None;
+    };
+    let url = errors.check("destination.webhook.url", webhook.url, |u| {
+        WebhookUrl::parse(&u)
+    });
+    let previous_headers = previous.map(|p| p.destination.webhook.headers.as_slice());
+    let mut headers = Vec::new();
+    for (i, line) in webhook.headers.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("destination.webhook.headers[{i}]");
+        let Some(header) = errors.check(&field, Some(line), |l| HeaderLine::parse(&l)) else {
+            continue;
+        };
+        if !header.is_mask() {
+            headers.push(header);
+            continue;
+        }
+        match previous_headers
+            .into_iter()
+            .flatten()
+            .find(|stored| stored.name() == header.name())
+        {
+            Some(stored) => headers.push(stored.clone()),
+            None => errors.push(
+                field,
+                format!(
+                    "{MASK} stands for a stored value, but {} has none; send the value",
+                    header.name()
+                ),
+            ),
+        }
+    }
+    Some(Destination {
+        kind: kind?,
+        webhook: WebhookDestination { url: url?, headers },
+    })
+}
+
+fn parse_sources(
+    request: Option<Vec<SourceRequest>>,
+    errors: &mut ValidationErrors,
+) -> Option<Vec<SourceSpec>> {
+    let Some(request) = request else {
+        errors.push("source", "is required: at least one topic");
+        return None;
+    };
+    if request.is_empty() {
+        errors.push("source", "must list at least one topic");
+        return None;
+    }
+    let mut sources = Vec::with_capacity(request.len());
+    let mut complete = true;
+    for (i, source) in request.into_iter().enumerate() {
+        let topic = errors.check(
+            &format!("source[{i}].topic"),
+            source.topic,
+            TopicName::parse,
+        );
+        let mut filters = Vec::new();
+        for (j, expression) in source
+            .jmes_filters
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let field = format!("source[{i}].jmes_filters[{j}]");
+            match errors.check(&field, Some(expression), JmesFilter::parse) {
+                Some(f) => filters.push(f),
+                None => complete = false,
+            }
+        }
+        let Some(topic) = topic else {
+            complete = false;
+            continue;
+        };
+        if let Some(first) = sources.iter().position(|s: &SourceSpec| s.topic == topic) {
+            errors.push(
+                format!("source[{i}].topic"),
+                format!(
+                    "{} is already listed at source[{first}]; put its filters there",
+                    topic.as_str()
+                ),
+            );
+            complete = false;
+            continue;
+        }
+        sources.push(SourceSpec {
+            topic,
+            jmes_filters: filters,
+        });
+    }
+    complete.then_some(sources)
+}
+
+fn parse_configuration(
+    request: Option<ConfigurationRequest>,
+    errors: &mut ValidationErrors,
+) -> Option<Configuration> {
+    let request = request.unwrap_or_default();
+
+    let batching = request.batching.unwrap_or(BatchingRequest {
+        max_batch_size: Some(DEFAULT_BATCH_SIZE),
+        max_batch_interval_seconds: Some(DEFAULT_BATCH_INTERVAL_SECONDS),
+    });
+    let size = errors.check(
+        "configuration.batching.max_batch_size",
+        Some(batching.max_batch_size.unwrap_or(DEFAULT_BATCH_SIZE)),
+        BatchSize::parse,
+    );
+    let interval = errors.check(
+        "configuration.batching.max_batch_interval_seconds",
+        Some(
+            batching
+                .max_batch_interval_seconds
+                .unwrap_or(DEFAULT_BATCH_INTERVAL_SECONDS),
+        ),
+        BatchInterval::parse,
+    );
+
+    let retry = request.retry.unwrap_or_default();
+    let max_retries = errors.check(
+        "configuration.retry.max_retries",
+        Some(retry.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)),
+        MaxRetries::parse,
+    );
+    let algorithm = errors.check(
+        "configuration.retry.retry_algorithm",
+        Some(
+            retry
+                .retry_algorithm
+                .unwrap_or_else(|| "exponential_backoff".into()),
+        ),
+        |a| a.parse::<RetryAlgorithm>(),
+    );
+
+    let alerting = match request.alerting {
+        None => Some(None),
+        Some(alerting) => parse_alerting(alerting, errors).map(Some),
+    };
+
+    let rate_limit = match request.rate_limit {
+        None => Some(None),
+        Some(limit) => errors
+            .check(
+                "configuration.rate_limit.max_requests_per_second",
+                limit.max_requests_per_second,
+                RateLimit::parse,
+            )
+            .map(|max_requests_per_second| {
+                Some(RateLimitSpec {
+                    max_requests_per_second,
+                })
+            }),
+    };
+
+    Some(Configuration {
+        batching: Batching {
+            max_batch_size: size?,
+            max_batch_interval_seconds: interval?,
+        },
+        retry: RetryPolicy {
+            max_retries: max_retries?,
+            retry_algorithm: algorithm?,
+        },
+        alerting: alerting?,
+        rate_limit: rate_limit?,
+    })
+}
+
+fn parse_alerting(request: AlertingRequest, errors: &mut ValidationErrors) -> Option<Alerting> {
+    let channel = errors.check(
+        "configuration.alerting.alert_channel",
+        request.alert_channel,
+        |c| c.parse::<AlertChannel>(),
+    );
+    let raw = request.alert_emails.unwrap_or_default();
+    if raw.is_empty() && channel == Some(AlertChannel::Email) {
+        errors.push(
+            "configuration.alerting.alert_emails",
+            "must list at least one address when alert_channel is email",
+        );
+        return None;
+    }
+    let mut emails = Vec::with_capacity(raw.len());
+    let mut complete = true;
+    for (i, address) in raw.into_iter().enumerate() {
+        let field = format!("configuration.alerting.alert_emails[{i}]");
+        match errors.check(&field, Some(address), EmailAddress::parse) {
+            Some(a) => emails.push(a),
+            None => complete = false,
+        }
+    }
+    (complete && channel.is_some()).then(|| Alerting {
+        alert_channel: channel.expect("checked above"),
+        alert_emails: emails,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> SubscriptionRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "name": "orders",
+            "active": "yes",
+            "destination": {"kind": "webhook", "webhook": {"url": "http://127.0.0.1:9/hook", "headers": ["Authorization: Bearer t"]}},
+            "source": [{"topic": "orders", "jmes_filters": ["amount > `1`"]}],
+            "configuration": {
+                "batching": {"max_batch_size": 10, "max_batch_interval_seconds": 5},
+                "retry": {"max_retries": 3, "retry_algorithm": "fixed_time"},
+                "alerting": {"alert_channel": "email", "alert_emails": ["ops@example.com"]}
+            }
+        })
+    }
+
+    #[test]
+    fn a_valid_request_round_trips_through_storage_form() {
+        let spec = SubscriptionSpec::parse(request(valid()), None).unwrap();
+        let stored = serde_json::to_string(&spec).unwrap();
+        let back: SubscriptionSpec = serde_json::from_str(&stored).unwrap();
+        assert_eq!(spec, back);
+        assert!(stored.contains("Bearer t"), "storage keeps the secret");
+        assert!(!spec.to_public_json().to_string().contains("Bearer t"));
+    }
+
+    #[test]
+    fn every_violation_is_reported_with_its_path() {
+        let mut body = valid();
+        body["configuration"]["batching"]["max_batch_size"] = 0.into();
+        body["configuration"]["retry"]["max_retries"] = 11.into();
+        body["source"][0]["jmes_filters"][0] = "amount >".into();
+        body["active"] = "maybe".into();
+        let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "active",
+                "source[0].jmes_filters[0]",
+                "configuration.batching.max_batch_size",
+                "configuration.retry.max_retries"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_masked_header_keeps_the_stored_value_on_update() {
+        let stored = SubscriptionSpec::parse(request(valid()), None).unwrap();
+        let mut body = valid();
+        body["destination"]["webhook"]["headers"] = serde_json::json!(["Authorization: ********"]);
+        let updated = SubscriptionSpec::parse(request(body.clone()), Some(&stored)).unwrap();
+        assert_eq!(
+            updated.destination.webhook.headers,
+            stored.destination.webhook.headers
+        );
+        assert!(SubscriptionSpec::parse(request(body), None).is_err());
+    }
+
+    #[test]
+    fn duplicate_topics_are_refused() {
+        let mut body = valid();
+        body["source"] = serde_json::json!([{"topic": "a"}, {"topic": "a"}]);
+        let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+        assert_eq!(errors.0[0].field, "source[1].topic");
+    }
+}

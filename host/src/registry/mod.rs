@@ -1,0 +1,130 @@
+//! The registry: subscriptions, their recent activity and the admin switch,
+//! kept in SQLite (the embedded default) or PostgreSQL through one sqlx `Any` pool.
+//!
+//! SQL here is written once for both databases (`$n` placeholders, which SQLite
+//! also accepts); the two differ only in their migrations. Times are stored as
+//! milliseconds since the epoch. This module knows nothing of HTTP or Kafka.
+
+mod activity;
+mod admin;
+mod subscriptions;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
+pub use admin::{AdminState, PlatformStatus};
+pub use subscriptions::{Counts, Health, StoredSubscription};
+
+/// What went wrong talking to the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("could not open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("could not apply the database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("a stored row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the subscription changed while it was being updated; send the update again")]
+    Conflict,
+}
+
+/// Which database the registry runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseKind {
+    pub fn of_url(url: &str) -> Result<Self, RegistryError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(RegistryError::UnsupportedUrl(url.to_string()))
+        }
+    }
+}
+
+/// The registry handle; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    pool: AnyPool,
+    kind: DatabaseKind,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+impl Registry {
+    /// Opens the database (creating a SQLite file if needed) and applies migrations.
+    pub async fn open(url: &str) -> Result<Self, RegistryError> {
+        install_default_drivers();
+        let kind = DatabaseKind::of_url(url)?;
+        let url = match kind {
+            // Create the file on first start instead of failing.
+            DatabaseKind::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        // Validate the URL early so a typo names itself instead of failing a query later.
+        sqlx::any::AnyConnectOptions::from_str(&url).map_err(RegistryError::Connect)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match kind {
+                DatabaseKind::Sqlite => 4,
+                DatabaseKind::Postgres => 10,
+            })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if kind == DatabaseKind::Sqlite {
+                        // WAL lets readers proceed beside the one writer; the busy
+                        // timeout makes concurrent writers queue instead of failing.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \
+                             PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(RegistryError::Connect)?;
+        match kind {
+            DatabaseKind::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            DatabaseKind::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        let registry = Self { pool, kind };
+        registry.ensure_admin_state().await?;
+        Ok(registry)
+    }
+
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+pub(crate) fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

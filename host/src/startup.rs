@@ -1,0 +1,109 @@
+//! Building and running the application: registry, REST server and delivery.
+//!
+//! `Application::build` does everything that can fail at start-up (open and
+//! migrate the registry, bind the listener) so that `main` and the tests see
+//! those errors before anything runs; `run_until_stopped` serves until the
+//! given shutdown future completes, then stops delivery within its grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::delivery::Supervisor;
+use crate::registry::Registry;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let registry = Registry::open(&settings.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the registry at {}",
+                    redact_url(&settings.database_url)
+                )
+            })?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding the REST API to {}", settings.listen))?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                registry,
+                changes: Arc::new(Notify::new()),
+            },
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.state.registry
+    }
+
+    /// Serves until `shutdown` completes. Then the API stops accepting, every
+    /// pipeline stops fetching, and in-flight batches get `shutdown_grace` to
+    /// finish; whatever has not finished is abandoned uncommitted (redelivered later).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let supervisor = Supervisor::new(
+            self.state.registry.clone(),
+            self.state.changes.clone(),
+            &self.settings,
+        )
+        .context("starting the delivery engine")?;
+        let delivery = tokio::spawn(supervisor.run(stop.clone()));
+
+        let router = api::router(self.state.clone(), self.settings.max_body_bytes);
+        let server_stop = stop.clone();
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { server_stop.cancelled().await });
+
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("Shutting down.");
+            trigger.cancel();
+        });
+
+        let served = server.await.context("serving the REST API");
+        stop.cancel();
+        match delivery.await {
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "Delivery engine panicked."),
+        }
+        self.state.registry.close().await;
+        served
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("********"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
