@@ -73,6 +73,9 @@ pub struct SubscriptionRequest {
     /// Accepted so that a fetched subscription can be sent back as it is.
     pub id: Option<String>,
     pub kind: Option<String>,
+    /// Read-only; accepted and ignored for the same reason.
+    pub created_at: Option<serde::de::IgnoredAny>,
+    pub updated_at: Option<serde::de::IgnoredAny>,
     pub name: Option<String>,
     pub active: Option<String>,
     pub destination: Option<DestinationRequest>,

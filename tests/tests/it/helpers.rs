@@ -1,0 +1,594 @@
+//! Test harness: a fresh database, the real application on port 0, the embedded
+//! Kafka-protocol broker, a recording webhook receiver and an SMTP server.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wasmhook::broker::EmbeddedBroker;
+use wasmhook::config::{DeliverySettings, Settings, SmtpSettings};
+use wasmhook::startup::Application;
+
+/// Which registry database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an `async fn(Db)` test once per database, as `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::helpers::Db::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("WASMHOOK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn create(db: Db) -> Self {
+        match db {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let url = format!("sqlite://{}", dir.path().join("wasmhook.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Db::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL is not reachable at {admin} ({e}). Start it, or point \
+                         WASMHOOK_TEST_POSTGRES_URL at a server where this user may CREATE DATABASE."
+                    )
+                });
+                let name = format!("wasmhook_test_{}", uuid::Uuid::new_v4().simple());
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("CREATE DATABASE");
+                let mut url = url::Url::parse(&admin).expect("a valid PostgreSQL URL");
+                url.set_path(&name);
+                Self {
+                    url: url.to_string(),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+/// Settings tuned for tests: port 0, fast retries and reconciles.
+pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: database_url.to_string(),
+        kafka_brokers: brokers.to_string(),
+        max_body_bytes: 64 * 1024,
+        delivery: DeliverySettings {
+            request_timeout: Duration::from_secs(2),
+            retry_base_delay: Duration::from_millis(50),
+            retry_max_delay: Duration::from_millis(400),
+            retry_fixed_delay: Duration::from_millis(100),
+            reconcile_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(5),
+            ..DeliverySettings::default()
+        },
+        smtp: None,
+    }
+}
+
+/// The application, running in this process on a free port.
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(settings: Settings) -> Self {
+        let app = Application::build(settings).await.expect("the application builds");
+        let address = format!("http://{}", app.local_addr());
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(app.run_until_stopped(async move { token.cancelled().await }));
+        Self {
+            address,
+            http: reqwest::Client::new(),
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the application as SIGTERM would, and waits for it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("the application task")
+            .expect("the application stops cleanly");
+    }
+
+    /// Ends the application as a crash would: no shutdown path runs.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        read(response).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self.http.put(self.url(path)).json(body).send().await.unwrap();
+        read(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        read(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> StatusCode {
+        self.http.delete(self.url(path)).send().await.unwrap().status()
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    /// Creates a subscription and returns its id.
+    pub async fn subscribe(&self, body: &Value) -> String {
+        let (status, created) = self.post("/1/Subscription", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn status_of(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/1/Subscription/{id}/Status")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    pub async fn set_platform(&self, status: &str, message: &str) {
+        let (code, body) = self
+            .post("/1/EventNotificationAdmin", &json!({"status": status, "offline_message": message}))
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("a JSON body, got {text:?}"))
+    };
+    (status, body)
+}
+
+/// A valid subscription body delivering `topics` to `url`.
+pub fn subscription(name: &str, url: &str, topics: &[&str]) -> Value {
+    json!({
+        "name": name,
+        "active": "yes",
+        "destination": {"kind": "webhook", "webhook": {"url": url, "headers": ["Authorization: Bearer test-token"]}},
+        "source": topics.iter().map(|t| json!({"topic": t})).collect::<Vec<_>>(),
+        "configuration": {
+            "batching": {"max_batch_size": 10, "max_batch_interval_seconds": 1},
+            "retry": {"max_retries": 3, "retry_algorithm": "exponential_backoff"}
+        }
+    })
+}
+
+// ---- Kafka ----
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("a producer")
+}
+
+/// Produces JSON values to one partition of a topic, in order, waiting for each ack.
+pub async fn produce(producer: &FutureProducer, topic: &str, partition: i32, values: &[Value]) {
+    let payloads: Vec<String> = values.iter().map(Value::to_string).collect();
+    let sends: Vec<_> = payloads
+        .iter()
+        .map(|payload| {
+            let record = FutureRecord::<str, str>::to(topic)
+                .partition(partition)
+                .payload(payload);
+            producer.send(record, Duration::from_secs(10))
+        })
+        .collect();
+    for send in sends {
+        send.await.expect("the broker acknowledged the message");
+    }
+}
+
+// ---- The webhook receiver ----
+
+/// One request the receiver got, and how it answered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub status: u16,
+}
+
+impl Received {
+    pub fn messages(&self) -> Vec<Value> {
+        serde_json::from_slice::<Vec<Value>>(&self.body).expect("a JSON array body")
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    requests: Mutex<Vec<Received>>,
+    /// Replies for the next requests, then `default` (200 when unset).
+    script: Mutex<VecDeque<(u16, Option<u64>)>>,
+    default: Mutex<Option<u16>>,
+    delay: Mutex<Option<Duration>>,
+    arrived: Notify,
+}
+
+/// A real HTTP server that records every webhook request.
+pub struct Receiver {
+    pub url: String,
+    address: SocketAddr,
+    state: Arc<ReceiverState>,
+    server: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let delay = *state.delay.lock().unwrap();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let (status, retry_after) = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or((state.default.lock().unwrap().unwrap_or(200), None));
+    state.requests.lock().unwrap().push(Received {
+        headers,
+        body,
+        status,
+    });
+    state.arrived.notify_waiters();
+    let mut response_headers = HeaderMap::new();
+    if let Some(seconds) = retry_after {
+        response_headers.insert("retry-after", seconds.into());
+    }
+    (
+        StatusCode::from_u16(status).unwrap(),
+        response_headers,
+        format!("receiver answered {status}"),
+    )
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let receiver = Self {
+            url: format!("http://{address}/hook"),
+            address,
+            state: Arc::new(ReceiverState::default()),
+            server: Mutex::new(None),
+        };
+        receiver.serve(listener);
+        receiver
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(self.state.clone());
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .unwrap();
+        });
+        *self.server.lock().unwrap() = Some((stop, task));
+    }
+
+    /// Takes the receiver off the network: connections are refused.
+    pub async fn go_down(&self) {
+        let server = self.server.lock().unwrap().take();
+        if let Some((stop, task)) = server {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Brings it back on the same address.
+    pub async fn come_up(&self) {
+        let listener = tokio::net::TcpListener::bind(self.address).await.unwrap();
+        self.serve(listener);
+    }
+
+    /// Answers `status` from now on.
+    pub fn answer(&self, status: u16) {
+        *self.state.default.lock().unwrap() = Some(status);
+    }
+
+    /// Answers these statuses (with optional Retry-After seconds) to the next requests.
+    pub fn script(&self, replies: &[(u16, Option<u64>)]) {
+        self.state.script.lock().unwrap().extend(replies.iter().copied());
+    }
+
+    pub fn delay_answers(&self, delay: Option<Duration>) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Messages of the requests answered with 2xx, in arrival order.
+    pub fn delivered(&self) -> Vec<Value> {
+        self.requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .flat_map(Received::messages)
+            .collect()
+    }
+
+    /// Waits until at least `n` messages were delivered (2xx), or panics after `within`.
+    pub async fn wait_for_delivered(&self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.state.arrived.notified();
+            let delivered = self.delivered();
+            if delivered.len() >= n {
+                return delivered;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                let delivered = self.delivered();
+                if delivered.len() >= n {
+                    return delivered;
+                }
+                panic!(
+                    "expected {n} delivered messages within {within:?}, got {} in {} requests",
+                    delivered.len(),
+                    self.requests().len()
+                );
+            }
+        }
+    }
+
+    /// Waits until at least `n` requests arrived, whatever the answer.
+    pub async fn wait_for_requests(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.state.arrived.notified();
+            if self.requests().len() >= n {
+                return self.requests();
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("expected {n} requests within {within:?}, got {}", self.requests().len());
+            }
+        }
+    }
+}
+
+/// The (topic, partition, offset) of delivered messages, to compare with what was produced.
+pub fn positions(messages: &[Value]) -> Vec<(String, i64, i64)> {
+    messages
+        .iter()
+        .map(|m| {
+            (
+                m["topic"].as_str().unwrap().to_string(),
+                m["partition"].as_i64().unwrap(),
+                m["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+// ---- The whole system ----
+
+/// Broker, database, receiver and application, ready for delivery tests.
+pub struct System {
+    pub broker: EmbeddedBroker,
+    pub db: TestDb,
+    pub receiver: Receiver,
+    pub app: TestApp,
+    pub producer: FutureProducer,
+    pub settings: Settings,
+}
+
+impl System {
+    pub async fn start(db: Db) -> Self {
+        Self::start_with(db, |_| {}).await
+    }
+
+    pub async fn start_with(db: Db, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let broker = EmbeddedBroker::start(1).expect("the embedded broker starts");
+        let db = TestDb::create(db).await;
+        let receiver = Receiver::start().await;
+        let mut settings = test_settings(&db.url, &broker.bootstrap_servers());
+        adjust(&mut settings);
+        let app = TestApp::spawn(settings.clone()).await;
+        let producer = producer(&broker.bootstrap_servers());
+        Self {
+            broker,
+            db,
+            receiver,
+            app,
+            producer,
+            settings,
+        }
+    }
+
+    pub fn topic(&self, name: &str, partitions: i32) {
+        self.broker.create_topic(name, partitions).expect("topic created");
+    }
+
+    /// Replaces the running application with a fresh one on the same database
+    /// and broker (after `stop` or `kill`).
+    pub async fn restart(&mut self, how: Stop) {
+        let old = std::mem::replace(&mut self.app, TestApp::spawn(self.settings.clone()).await);
+        match how {
+            Stop::Graceful => old.stop().await,
+            Stop::Kill => old.kill(),
+        }
+    }
+}
+
+pub enum Stop {
+    Graceful,
+    Kill,
+}
+
+// ---- SMTP ----
+
+/// Mail one SMTP server received.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+#[derive(Clone, Default)]
+struct MailHandler {
+    inbox: Arc<Mutex<Vec<Mail>>>,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl mailin_embedded::Handler for MailHandler {
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        to: &[String],
+    ) -> mailin_embedded::Response {
+        self.to = to.to_vec();
+        self.data.clear();
+        mailin_embedded::response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        self.inbox.lock().unwrap().push(Mail {
+            to: std::mem::take(&mut self.to),
+            data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
+        });
+        mailin_embedded::response::OK
+    }
+}
+
+/// A real SMTP server (mailin) on a free loopback port, on its own thread.
+pub struct SmtpServer {
+    pub port: u16,
+    inbox: Arc<Mutex<Vec<Mail>>>,
+}
+
+impl SmtpServer {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handler = MailHandler::default();
+        let inbox = handler.inbox.clone();
+        std::thread::spawn(move || {
+            let mut server = mailin_embedded::Server::new(handler);
+            server.with_name("smtp.test").with_tcp_listener(listener);
+            let _ = server.serve();
+        });
+        Self { port, inbox }
+    }
+
+    pub fn settings(&self) -> SmtpSettings {
+        SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            from: "wasmhook@test.example".into(),
+        }
+    }
+
+    pub async fn wait_for_mail(&self, n: usize, within: Duration) -> Vec<Mail> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let inbox = self.inbox.lock().unwrap().clone();
+            if inbox.len() >= n {
+                return inbox;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} mails within {within:?}, got {}",
+                inbox.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn mail(&self) -> Vec<Mail> {
+        self.inbox.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,7 @@
+//! Black-box tests of wasmhook: the real application on port 0, a real
+//! Kafka-protocol broker (librdkafka's mock cluster), a real webhook receiver,
+//! SQLite and the machine's PostgreSQL.
+
+mod api;
+mod delivery;
+mod helpers;
