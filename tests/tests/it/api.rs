@@ -60,11 +60,23 @@ async fn subscribe_returns_201_with_id_kind_and_the_stored_fields(db: Db) {
     assert_eq!(body["name"], "orders");
     assert_eq!(body["active"], "yes");
     assert_eq!(body["destination"]["kind"], "webhook");
-    assert_eq!(body["destination"]["webhook"]["url"], "https://example.com/hook");
+    assert_eq!(
+        body["destination"]["webhook"]["url"],
+        "https://example.com/hook"
+    );
     assert_eq!(body["source"], valid()["source"]);
-    assert_eq!(body["configuration"]["batching"], valid()["configuration"]["batching"]);
-    assert_eq!(body["configuration"]["retry"], valid()["configuration"]["retry"]);
-    assert_eq!(body["configuration"]["alerting"], valid()["configuration"]["alerting"]);
+    assert_eq!(
+        body["configuration"]["batching"],
+        valid()["configuration"]["batching"]
+    );
+    assert_eq!(
+        body["configuration"]["retry"],
+        valid()["configuration"]["retry"]
+    );
+    assert_eq!(
+        body["configuration"]["alerting"],
+        valid()["configuration"]["alerting"]
+    );
     let secret = body["signing_secret"].as_str().unwrap();
     assert!(secret.starts_with("whsec_"), "{secret}");
 }
@@ -72,13 +84,23 @@ async fn subscribe_returns_201_with_id_kind_and_the_stored_fields(db: Db) {
 async fn subscriptions_can_be_listed_fetched_replaced_and_deleted(db: Db) {
     let (app, _db, _broker) = spawn(db).await;
     let a = app.subscribe(&valid()).await;
-    let b = app.subscribe(&subscription("second", "http://127.0.0.1:1/x", &["t2"])).await;
+    let b = app
+        .subscribe(&subscription("second", "http://127.0.0.1:1/x", &["t2"]))
+        .await;
 
     let (status, list) = app.get("/1/Subscription").await;
     assert_eq!(status, StatusCode::OK);
-    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [a.as_str(), b.as_str()]);
-    assert!(list[0].get("signing_secret").is_none(), "the secret is shown once only");
+    assert!(
+        list[0].get("signing_secret").is_none(),
+        "the secret is shown once only"
+    );
 
     let (status, one) = app.get(&format!("/1/Subscription/{a}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -90,18 +112,35 @@ async fn subscriptions_can_be_listed_fetched_replaced_and_deleted(db: Db) {
     assert_eq!(status, StatusCode::OK, "{replaced}");
     assert_eq!(replaced["id"], a.as_str());
     assert_eq!(replaced["name"], "renamed");
-    assert_eq!(replaced["source"], json!([{"topic": "other", "jmes_filters": []}]));
-    assert!(replaced["configuration"].get("alerting").is_none(), "PUT replaces the whole subscription");
+    assert_eq!(
+        replaced["source"],
+        json!([{"topic": "other", "jmes_filters": []}])
+    );
+    assert!(
+        replaced["configuration"].get("alerting").is_none(),
+        "PUT replaces the whole subscription"
+    );
     let (_, fetched) = app.get(&format!("/1/Subscription/{a}")).await;
     assert_eq!(fetched["configuration"]["batching"]["max_batch_size"], 500);
 
-    let (status, body) = app.put(&format!("/1/Subscription/{a}"), &json!({"name": ""})).await;
+    let (status, body) = app
+        .put(&format!("/1/Subscription/{a}"), &json!({"name": ""}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(fields(&body).contains(&"name".to_string()));
 
-    assert_eq!(app.delete(&format!("/1/Subscription/{a}")).await, StatusCode::NO_CONTENT);
-    assert_eq!(app.get(&format!("/1/Subscription/{a}")).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(app.delete(&format!("/1/Subscription/{a}")).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.delete(&format!("/1/Subscription/{a}")).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&format!("/1/Subscription/{a}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.delete(&format!("/1/Subscription/{a}")).await,
+        StatusCode::NOT_FOUND
+    );
     let (_, list) = app.get("/1/Subscription").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
@@ -120,14 +159,17 @@ async fn an_unknown_or_malformed_id_is_a_json_404(db: Db) {
         assert_eq!(body["code"], "not_found", "{path}");
         assert!(body["message"].as_str().unwrap().len() > 5);
     }
-    let (status, _) = app.put(&format!("/1/Subscription/{unknown}"), &valid()).await;
+    let (status, _) = app
+        .put(&format!("/1/Subscription/{unknown}"), &valid())
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 async fn header_values_are_never_echoed_and_a_masked_value_keeps_the_secret(db: Db) {
     let (app, db, _broker) = spawn(db).await;
     let mut body = valid();
-    body["destination"]["webhook"]["headers"] = json!(["Authorization: Bearer s3cr3t-v4lue", "X-Tenant: acme"]);
+    body["destination"]["webhook"]["headers"] =
+        json!(["Authorization: Bearer s3cr3t-v4lue", "X-Tenant: acme"]);
     let (_, created) = app.post("/1/Subscription", &body).await;
     let id = created["id"].as_str().unwrap().to_string();
     for response in [
@@ -136,7 +178,10 @@ async fn header_values_are_never_echoed_and_a_masked_value_keeps_the_secret(db: 
         app.get("/1/Subscription").await.1,
     ] {
         let text = response.to_string();
-        assert!(!text.contains("s3cr3t-v4lue") && !text.contains("acme"), "{text}");
+        assert!(
+            !text.contains("s3cr3t-v4lue") && !text.contains("acme"),
+            "{text}"
+        );
     }
     assert_eq!(
         created["destination"]["webhook"]["headers"],
@@ -149,9 +194,23 @@ async fn header_values_are_never_echoed_and_a_masked_value_keeps_the_secret(db: 
     let (status, replaced) = app.put(&format!("/1/Subscription/{id}"), &fetched).await;
     assert_eq!(status, StatusCode::OK, "{replaced}");
     let registry = wasmhook::registry::Registry::open(&db.url).await.unwrap();
-    let stored = registry.get_subscription(id.parse().unwrap()).await.unwrap().unwrap();
-    let lines: Vec<String> = stored.spec.destination.webhook.headers.iter().map(|h| String::from(h.clone())).collect();
-    assert_eq!(lines, ["authorization: Bearer s3cr3t-v4lue", "x-tenant: acme"]);
+    let stored = registry
+        .get_subscription(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let lines: Vec<String> = stored
+        .spec
+        .destination
+        .webhook
+        .headers
+        .iter()
+        .map(|h| String::from(h.clone()))
+        .collect();
+    assert_eq!(
+        lines,
+        ["authorization: Bearer s3cr3t-v4lue", "x-tenant: acme"]
+    );
 
     // A mask for a header that has no stored value is refused.
     let mut unknown = valid();
@@ -180,7 +239,12 @@ async fn status_reports_health_and_recent_activity_newest_first(db: Db) {
     let status = app.status_of(&id).await;
     assert_eq!(status["status"], "inactive");
     assert_eq!(status["active"], "no");
-    let events: Vec<&str> = status["recent_activity"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let events: Vec<&str> = status["recent_activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(events, ["inactive", "active"]);
 }
 
@@ -202,10 +266,17 @@ async fn the_admin_switch_lists_webhooks_and_persists_across_restarts(db: Db) {
     assert_eq!(admin["webhooks"][0]["topics"], json!(["orders"]));
     assert!(admin["webhooks"][0]["timestamp"].is_string());
 
-    let (status, body) = app.post("/1/EventNotificationAdmin", &json!({"status": "sleeping"})).await;
+    let (status, body) = app
+        .post("/1/EventNotificationAdmin", &json!({"status": "sleeping"}))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(fields(&body), ["status"]);
-    let (status, body) = app.post("/1/EventNotificationAdmin", &json!({"status": "offline", "extra": 1})).await;
+    let (status, body) = app
+        .post(
+            "/1/EventNotificationAdmin",
+            &json!({"status": "offline", "extra": 1}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     app.set_platform("offline", "Maintenance until 14:00").await;
@@ -243,13 +314,23 @@ async fn healthz_answers_ok(db: Db) {
 /// Creates `body` and returns the status and the offending fields (if any).
 async fn try_create(app: &TestApp, body: &Value) -> (StatusCode, Vec<String>) {
     let (status, response) = app.post("/1/Subscription", body).await;
-    let fields = if status == StatusCode::BAD_REQUEST { fields(&response) } else { vec![] };
+    let fields = if status == StatusCode::BAD_REQUEST {
+        fields(&response)
+    } else {
+        vec![]
+    };
     (status, fields)
 }
 
 async fn batching_bounds_are_enforced_at_their_edges(db: Db) {
     let (app, _db, _broker) = spawn(db).await;
-    for (size, accepted) in [(0, false), (1, true), (1000, true), (1001, false), (-5, false)] {
+    for (size, accepted) in [
+        (0, false),
+        (1, true),
+        (1000, true),
+        (1001, false),
+        (-5, false),
+    ] {
         let mut body = valid();
         body["configuration"]["batching"]["max_batch_size"] = json!(size);
         let (status, fields) = try_create(&app, &body).await;
@@ -268,7 +349,10 @@ async fn batching_bounds_are_enforced_at_their_edges(db: Db) {
             assert_eq!(status, StatusCode::CREATED, "interval {seconds}");
         } else {
             assert_eq!(status, StatusCode::BAD_REQUEST, "interval {seconds}");
-            assert_eq!(fields, ["configuration.batching.max_batch_interval_seconds"]);
+            assert_eq!(
+                fields,
+                ["configuration.batching.max_batch_interval_seconds"]
+            );
         }
     }
 }
@@ -282,7 +366,11 @@ async fn retry_bounds_and_enums_are_enforced(db: Db) {
         if accepted {
             assert_eq!(status, StatusCode::CREATED, "max_retries {retries}");
         } else {
-            assert_eq!(fields, ["configuration.retry.max_retries"], "max_retries {retries}");
+            assert_eq!(
+                fields,
+                ["configuration.retry.max_retries"],
+                "max_retries {retries}"
+            );
         }
     }
     for algorithm in ["exponential_backoff", "fixed_time"] {
@@ -292,7 +380,10 @@ async fn retry_bounds_and_enums_are_enforced(db: Db) {
     }
     let mut body = valid();
     body["configuration"]["retry"]["retry_algorithm"] = json!("linear");
-    assert_eq!(try_create(&app, &body).await.1, ["configuration.retry.retry_algorithm"]);
+    assert_eq!(
+        try_create(&app, &body).await.1,
+        ["configuration.retry.retry_algorithm"]
+    );
     for active in ["yes", "no"] {
         let mut body = valid();
         body["active"] = json!(active);
@@ -343,22 +434,71 @@ async fn every_violation_is_listed_together(db: Db) {
 
 async fn destination_source_and_alerting_rules_are_enforced(db: Db) {
     let (app, _db, _broker) = spawn(db).await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        ("destination.webhook.url", Box::new(|b| b["destination"]["webhook"]["url"] = json!("/relative"))),
-        ("destination.webhook.url", Box::new(|b| b["destination"]["webhook"]["url"] = json!("mailto:a@b.c"))),
-        ("destination.webhook.headers[0]", Box::new(|b| b["destination"]["webhook"]["headers"] = json!(["no colon"]))),
-        ("destination.webhook.headers[0]", Box::new(|b| b["destination"]["webhook"]["headers"] = json!(["Content-Length: 1"]))),
-        ("destination.kind", Box::new(|b| b["destination"]["kind"] = json!("Webhook"))),
-        ("destination", Box::new(|b| { b.as_object_mut().unwrap().remove("destination"); })),
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "destination.webhook.url",
+            Box::new(|b| b["destination"]["webhook"]["url"] = json!("/relative")),
+        ),
+        (
+            "destination.webhook.url",
+            Box::new(|b| b["destination"]["webhook"]["url"] = json!("mailto:a@b.c")),
+        ),
+        (
+            "destination.webhook.headers[0]",
+            Box::new(|b| b["destination"]["webhook"]["headers"] = json!(["no colon"])),
+        ),
+        (
+            "destination.webhook.headers[0]",
+            Box::new(|b| b["destination"]["webhook"]["headers"] = json!(["Content-Length: 1"])),
+        ),
+        (
+            "destination.kind",
+            Box::new(|b| b["destination"]["kind"] = json!("Webhook")),
+        ),
+        (
+            "destination",
+            Box::new(|b| {
+                b.as_object_mut().unwrap().remove("destination");
+            }),
+        ),
         ("source", Box::new(|b| b["source"] = json!([]))),
-        ("source", Box::new(|b| { b.as_object_mut().unwrap().remove("source"); })),
-        ("source[0].topic", Box::new(|b| b["source"] = json!([{"topic": ""}]))),
-        ("source[0].topic", Box::new(|b| b["source"] = json!([{"topic": "x".repeat(250)}]))),
-        ("source[1].topic", Box::new(|b| b["source"] = json!([{"topic": "a"}, {"topic": "a"}]))),
-        ("source[0].jmes_filters[1]", Box::new(|b| b["source"][0]["jmes_filters"] = json!(["a", "[[["]))),
-        ("configuration.alerting.alert_emails", Box::new(|b| b["configuration"]["alerting"]["alert_emails"] = json!([]))),
-        ("configuration.alerting.alert_emails[1]", Box::new(|b| b["configuration"]["alerting"]["alert_emails"] = json!(["a@b.co", "@nope"]))),
-        ("configuration.alerting.alert_channel", Box::new(|b| b["configuration"]["alerting"]["alert_channel"] = json!("sms"))),
+        (
+            "source",
+            Box::new(|b| {
+                b.as_object_mut().unwrap().remove("source");
+            }),
+        ),
+        (
+            "source[0].topic",
+            Box::new(|b| b["source"] = json!([{"topic": ""}])),
+        ),
+        (
+            "source[0].topic",
+            Box::new(|b| b["source"] = json!([{"topic": "x".repeat(250)}])),
+        ),
+        (
+            "source[1].topic",
+            Box::new(|b| b["source"] = json!([{"topic": "a"}, {"topic": "a"}])),
+        ),
+        (
+            "source[0].jmes_filters[1]",
+            Box::new(|b| b["source"][0]["jmes_filters"] = json!(["a", "[[["])),
+        ),
+        (
+            "configuration.alerting.alert_emails",
+            Box::new(|b| b["configuration"]["alerting"]["alert_emails"] = json!([])),
+        ),
+        (
+            "configuration.alerting.alert_emails[1]",
+            Box::new(|b| {
+                b["configuration"]["alerting"]["alert_emails"] = json!(["a@b.co", "@nope"])
+            }),
+        ),
+        (
+            "configuration.alerting.alert_channel",
+            Box::new(|b| b["configuration"]["alerting"]["alert_channel"] = json!("sms")),
+        ),
         ("name", Box::new(|b| b["name"] = json!("   "))),
     ];
     for (field, mutate) in cases {
@@ -394,7 +534,13 @@ async fn bad_bodies_get_a_4xx_json_error(db: Db) {
     unknown["configuration"]["batching"]["max_batch_bytes"] = json!(1);
     let (status, body) = app.post("/1/Subscription", &unknown).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["message"].as_str().unwrap().contains("max_batch_bytes"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_batch_bytes"),
+        "{body}"
+    );
 
     let (status, body) = app.post_raw("/1/Subscription", "[1, 2]").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -405,12 +551,21 @@ async fn bad_bodies_get_a_4xx_json_error(db: Db) {
     assert_eq!(body["code"], "payload_too_large");
 
     // A fresh client: the server may close the connection it answered 413 on.
-    let response = reqwest::Client::new().patch(app.url("/1/Subscription")).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .patch(app.url("/1/Subscription"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
 
-    let list: Value = reqwest::get(app.url("/1/Subscription")).await.unwrap().json().await.unwrap();
+    let list: Value = reqwest::get(app.url("/1/Subscription"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list, json!([]));
 }
 
@@ -427,7 +582,10 @@ async fn subscriptions_survive_a_restart(db: Db) {
     let (status, after) = app.get(&format!("/1/Subscription/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(before, after);
-    assert_eq!(app.status_of(&id).await["recent_activity"][0]["event"], "active");
+    assert_eq!(
+        app.status_of(&id).await["recent_activity"][0]["event"],
+        "active"
+    );
     app.stop().await;
 }
 
@@ -450,7 +608,12 @@ async fn two_hundred_concurrent_creates_are_all_stored(db: Db) {
         assert_eq!(*status, StatusCode::CREATED, "{body}");
     }
     let (_, list) = app.get("/1/Subscription").await;
-    let mut names: Vec<String> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
     names.sort();
     let mut expected: Vec<String> = (0..200).map(|i| format!("sub-{i}")).collect();
     expected.sort();

@@ -1,1 +1,600 @@
+//! The delivery engine end to end: the embedded Kafka-protocol broker, the
+//! application, and a real HTTP receiver.
 
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message};
+use serde_json::{Value, json};
+
+use crate::helpers::{BinaryApp, Db, SmtpServer, System, positions, produce, subscription};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn values(range: std::ops::Range<i64>) -> Vec<Value> {
+    range.map(|n| json!({"n": n})).collect()
+}
+
+/// Asserts that, per partition, offsets arrive in increasing order once
+/// repeats (redeliveries of a whole batch) are set aside.
+fn assert_ordered_per_partition(messages: &[Value]) {
+    let mut last: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for (topic, partition, offset) in positions(messages) {
+        if !seen.insert((topic.clone(), partition, offset)) {
+            continue;
+        }
+        if let Some(previous) = last.insert((topic.clone(), partition), offset) {
+            assert!(
+                offset > previous,
+                "{topic}/{partition}: {offset} after {previous}"
+            );
+        }
+    }
+}
+
+/// Asserts that every offset below `per_partition` of each partition of `topic` was delivered.
+fn assert_none_missing(messages: &[Value], topic: &str, partitions: i64, per_partition: i64) {
+    let (set, _) = distinct(messages);
+    let missing: Vec<(i64, i64)> = (0..partitions)
+        .flat_map(|p| (0..per_partition).map(move |o| (p, o)))
+        .filter(|(p, o)| !set.contains(&(topic.to_string(), *p, *o)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "nothing lost, but these (partition, offset) were: {missing:?}"
+    );
+}
+
+/// The distinct (topic, partition, offset) delivered, and how many repeats.
+fn distinct(messages: &[Value]) -> (HashSet<(String, i64, i64)>, usize) {
+    let all = positions(messages);
+    let set: HashSet<_> = all.iter().cloned().collect();
+    let repeats = all.len() - set.len();
+    (set, repeats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_is_delivered_once_in_order_and_signed() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("orders", 3);
+    let (status, created) = sys
+        .app
+        .post(
+            "/1/Subscription",
+            &subscription("orders", &sys.receiver.url, &["orders"]),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["signing_secret"].as_str().unwrap().to_string();
+    for partition in 0..3 {
+        produce(&sys.producer, "orders", partition, &values(0..30)).await;
+    }
+
+    let delivered = sys.receiver.wait_for_delivered(90, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let delivered_after = sys.receiver.delivered();
+    assert_eq!(delivered_after.len(), 90, "exactly once when nothing fails");
+    let (set, repeats) = distinct(&delivered);
+    assert_eq!((set.len(), repeats), (90, 0));
+    assert_ordered_per_partition(&delivered);
+    assert_eq!(delivered[0]["value_encoding"], "json");
+    assert!(delivered[0]["value"]["n"].is_i64());
+
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    for request in sys.receiver.requests() {
+        assert!(request.messages().len() <= 10, "max_batch_size holds");
+        verifier
+            .verify(&request.body, &request.headers)
+            .expect("the Standard Webhooks signature verifies");
+        assert_eq!(request.headers["authorization"], "Bearer test-token");
+        let first = &request.messages()[0];
+        let expected_id = format!(
+            "{}-{}-{}",
+            first["topic"].as_str().unwrap(),
+            first["partition"],
+            first["offset"]
+        );
+        assert_eq!(request.headers["webhook-id"], expected_id.as_str());
+    }
+
+    let id = created["id"].as_str().unwrap();
+    let status = sys.app.status_of(id).await;
+    assert_eq!(status["status"], "healthy");
+    assert_eq!(status["counts"]["delivered"], 90);
+    let call = status["recent_activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "api_call")
+        .expect("an api_call entry");
+    assert_eq!(call["response_code"], 200);
+    assert_eq!(call["request"], format!("POST {}", sys.receiver.url));
+    let headers = call["request_headers"].to_string();
+    assert!(
+        headers.contains("authorization: ********") && !headers.contains("test-token"),
+        "{headers}"
+    );
+    assert!(!call["response_headers"].as_array().unwrap().is_empty());
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jmes_filters_pass_only_matching_json_and_count_the_rest() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("payments", 1);
+    let mut body = subscription("big-euro", &sys.receiver.url, &["payments"]);
+    body["source"][0]["jmes_filters"] = json!(["amount > `10`", "currency == 'EUR'"]);
+    let id = sys.app.subscribe(&body).await;
+    let messages = vec![
+        json!({"amount": 50, "currency": "EUR", "k": 1}),
+        json!({"amount": 5, "currency": "EUR", "k": 2}),
+        json!({"amount": 50, "currency": "USD", "k": 3}),
+        json!("not an object"),
+        json!({"amount": 11, "currency": "EUR", "k": 5}),
+    ];
+    produce(&sys.producer, "payments", 0, &messages).await;
+    // Not JSON at all: fails any filter.
+    let raw = rdkafka::producer::FutureRecord::<str, str>::to("payments")
+        .partition(0)
+        .payload("amount=99");
+    sys.producer
+        .send(raw, Duration::from_secs(5))
+        .await
+        .unwrap();
+    produce(
+        &sys.producer,
+        "payments",
+        0,
+        &[json!({"amount": 12, "currency": "EUR", "k": 7})],
+    )
+    .await;
+
+    let delivered = sys.receiver.wait_for_delivered(3, WAIT).await;
+    let ks: Vec<i64> = delivered
+        .iter()
+        .map(|m| m["value"]["k"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ks, [1, 5, 7]);
+    // Filtered messages are a final outcome: counted and committed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = sys.app.status_of(&id).await;
+        if status["counts"]["filtered"] == 4 {
+            assert_eq!(status["counts"]["delivered"], 3);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_flush_at_max_size_and_at_the_interval() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("by-size", 1);
+    sys.topic("by-time", 1);
+    let mut by_size = subscription("size", &sys.receiver.url, &["by-size"]);
+    by_size["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 300});
+    sys.app.subscribe(&by_size).await;
+    produce(&sys.producer, "by-size", 0, &values(0..20)).await;
+    sys.receiver.wait_for_delivered(20, WAIT).await;
+    let sizes: Vec<usize> = sys
+        .receiver
+        .requests()
+        .iter()
+        .map(|r| r.messages().len())
+        .collect();
+    assert_eq!(
+        sizes,
+        [5, 5, 5, 5],
+        "a 300 s interval never fires here: size alone flushed"
+    );
+
+    let mut by_time = subscription("time", &sys.receiver.url, &["by-time"]);
+    by_time["configuration"]["batching"] =
+        json!({"max_batch_size": 1000, "max_batch_interval_seconds": 1});
+    sys.app.subscribe(&by_time).await;
+    produce(&sys.producer, "by-time", 0, &values(0..3)).await;
+    sys.receiver.wait_for_delivered(23, WAIT).await;
+    let last = sys.receiver.requests().last().unwrap().messages();
+    assert_eq!(last.len(), 3, "the interval flushed a partial batch");
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_delivery_is_retried_with_the_same_id_until_it_succeeds() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("retry", 1);
+    sys.receiver
+        .script(&[(500, None), (503, Some(1)), (429, None)]);
+    let mut body = subscription("retrying", &sys.receiver.url, &["retry"]);
+    body["configuration"]["retry"] = json!({"max_retries": 3, "retry_algorithm": "fixed_time"});
+    let id = sys.app.subscribe(&body).await;
+    produce(&sys.producer, "retry", 0, &values(0..4)).await;
+
+    let delivered = sys.receiver.wait_for_delivered(4, WAIT).await;
+    assert_eq!(delivered.len(), 4);
+    let requests = sys.receiver.requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [500, 503, 429, 200]);
+    let ids: HashSet<_> = requests
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "the delivery id is stable across retries");
+
+    let status = sys.app.status_of(&id).await;
+    assert_eq!(status["status"], "healthy");
+    let codes: Vec<i64> = status["recent_activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "api_call")
+        .map(|e| e["response_code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [200, 429, 503, 500],
+        "one api_call per attempt, newest first"
+    );
+    sys.app.stop().await;
+}
+
+/// Reads `n` messages of a topic from its beginning.
+async fn consume(brokers: &str, topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let received = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{n} messages on {topic} within {WAIT:?}, got {}", out.len())
+            });
+        // Until the first dead letter is written, the topic does not exist yet.
+        if let Ok(message) = received {
+            out.push(message.detach());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exhausted_retries_dead_letter_the_batch_alert_and_recover() {
+    let smtp = SmtpServer::start();
+    let sys = System::start_with(Db::Sqlite, |s| {
+        s.smtp = Some(smtp.settings());
+        s.delivery.alert_interval = Duration::ZERO;
+    })
+    .await;
+    sys.topic("doomed", 1);
+    sys.receiver.answer(500);
+    let mut body = subscription("doomed-orders", &sys.receiver.url, &["doomed"]);
+    body["configuration"]["retry"] =
+        json!({"max_retries": 2, "retry_algorithm": "exponential_backoff"});
+    body["configuration"]["alerting"] =
+        json!({"alert_channel": "email", "alert_emails": ["ops@example.com"]});
+    let id = sys.app.subscribe(&body).await;
+    produce(&sys.producer, "doomed", 0, &values(0..3)).await;
+
+    let dead = consume(
+        &sys.broker.bootstrap_servers(),
+        &format!("webhooks-{id}-dlq"),
+        3,
+    )
+    .await;
+    assert_eq!(sys.receiver.requests().len(), 3, "1 attempt + 2 retries");
+    let header = |m: &rdkafka::message::OwnedMessage, key: &str| -> String {
+        let headers = m.headers().unwrap();
+        let h = headers
+            .iter()
+            .find(|h| h.key == key)
+            .unwrap_or_else(|| panic!("header {key}"));
+        String::from_utf8(h.value.unwrap().to_vec()).unwrap()
+    };
+    for (i, message) in dead.iter().enumerate() {
+        assert_eq!(
+            message.payload().unwrap(),
+            json!({"n": i}).to_string().as_bytes()
+        );
+        assert!(
+            header(message, "wasmhook-failure-reason").contains("500"),
+            "{}",
+            header(message, "wasmhook-failure-reason")
+        );
+        assert_eq!(header(message, "wasmhook-source-topic"), "doomed");
+        assert_eq!(header(message, "wasmhook-source-offset"), i.to_string());
+    }
+
+    let mails = smtp.wait_for_mail(1, WAIT).await;
+    assert_eq!(mails[0].to, ["ops@example.com"]);
+    assert!(mails[0].data.contains("doomed-orders"), "{}", mails[0].data);
+    assert!(
+        mails[0].data.contains("500"),
+        "the reason is in the mail: {}",
+        mails[0].data
+    );
+    let status = sys.app.status_of(&id).await;
+    assert_eq!(status["status"], "unhealthy");
+    assert_eq!(status["dead_letters"][0]["messages"], 3);
+    assert_eq!(status["counts"]["dead_lettered"], 3);
+
+    // The dead-lettered batch was committed: after recovery only new messages come.
+    sys.receiver.answer(200);
+    produce(&sys.producer, "doomed", 0, &values(3..5)).await;
+    let delivered = sys.receiver.wait_for_delivered(2, WAIT).await;
+    let ns: Vec<i64> = delivered
+        .iter()
+        .map(|m| m["value"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, [3, 4]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sys.app.status_of(&id).await["status"] != "healthy" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recovers after a success"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mails = smtp.wait_for_mail(2, WAIT).await;
+    assert!(mails[1].data.contains("recovered"), "{}", mails[1].data);
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_that_is_down_for_a_while_loses_nothing_and_order_holds() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("outage", 2);
+    let mut body = subscription("outage", &sys.receiver.url, &["outage"]);
+    body["configuration"]["retry"] =
+        json!({"max_retries": 10, "retry_algorithm": "exponential_backoff"});
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 7, "max_batch_interval_seconds": 1});
+    sys.app.subscribe(&body).await;
+    produce(&sys.producer, "outage", 0, &values(0..10)).await;
+    sys.receiver.wait_for_delivered(10, WAIT).await;
+
+    sys.receiver.go_down().await;
+    produce(&sys.producer, "outage", 0, &values(10..40)).await;
+    produce(&sys.producer, "outage", 1, &values(0..30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sys.receiver.come_up().await;
+
+    let delivered = sys.receiver.wait_for_delivered(70, WAIT).await;
+    let (set, _) = distinct(&delivered);
+    assert_eq!(set.len(), 70, "nothing lost");
+    assert_ordered_per_partition(&delivered);
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_restart_mid_stream_loses_and_repeats_nothing() {
+    let mut sys = System::start(Db::Sqlite).await;
+    sys.topic("restart", 2);
+    sys.receiver.delay_answers(Some(Duration::from_millis(50)));
+    let mut body = subscription("restart", &sys.receiver.url, &["restart"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 1});
+    sys.app.subscribe(&body).await;
+    produce(&sys.producer, "restart", 0, &values(0..100)).await;
+    produce(&sys.producer, "restart", 1, &values(0..100)).await;
+    sys.receiver.wait_for_delivered(30, WAIT).await;
+
+    sys.restart().await;
+    let delivered = sys.receiver.wait_for_delivered(200, WAIT).await;
+    let (_, repeats) = distinct(&delivered);
+    assert_none_missing(&delivered, "restart", 2, 100);
+    // A batch whose request was in flight at the stop was delivered but not
+    // committed only if the grace period ran out; here it never does.
+    assert!(
+        repeats <= 10,
+        "{repeats} repeats: at most the batches in flight (2 × 5)"
+    );
+    assert_ordered_per_partition(&delivered);
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_process_loses_nothing_and_repeats_at_most_the_batches_in_flight() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("crash", 3);
+    let mut body = subscription("crash", &sys.receiver.url, &["crash"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 10, "max_batch_interval_seconds": 1});
+    sys.app.subscribe(&body).await;
+    // From here on the binary delivers; the in-process application only registered.
+    sys.app.stop().await;
+    for partition in 0..3 {
+        produce(&sys.producer, "crash", partition, &values(0..200)).await;
+    }
+    sys.receiver.delay_answers(Some(Duration::from_millis(20)));
+    let brokers = sys.broker.bootstrap_servers();
+
+    let binary = BinaryApp::spawn(&sys.db.url, &brokers).await;
+    sys.receiver.wait_for_delivered(150, WAIT).await;
+    binary.kill().await;
+    let at_kill = sys.receiver.requests().len();
+
+    let binary = BinaryApp::spawn(&sys.db.url, &brokers).await;
+    let delivered = sys
+        .receiver
+        .wait_for_delivered(600, Duration::from_secs(60))
+        .await;
+    let (_, repeats) = distinct(&delivered);
+    assert_none_missing(&delivered, "crash", 3, 200);
+    assert!(
+        repeats <= 30,
+        "{repeats} repeats after {at_kill} requests: at most one uncommitted batch per partition"
+    );
+    assert_ordered_per_partition(&delivered);
+    binary.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_broker_for_a_while_loses_nothing() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("flaky", 2);
+    sys.receiver.delay_answers(Some(Duration::from_millis(30)));
+    let mut body = subscription("flaky", &sys.receiver.url, &["flaky"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 1});
+    sys.app.subscribe(&body).await;
+    produce(&sys.producer, "flaky", 0, &values(0..100)).await;
+    produce(&sys.producer, "flaky", 1, &values(0..100)).await;
+    sys.receiver.wait_for_delivered(20, WAIT).await;
+
+    sys.broker.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sys.broker.broker_up(1).unwrap();
+
+    let delivered = sys
+        .receiver
+        .wait_for_delivered(200, Duration::from_secs(60))
+        .await;
+    let (set, _) = distinct(&delivered);
+    assert_eq!(set.len(), 200, "nothing lost");
+    assert_ordered_per_partition(&delivered);
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_stops_delivery_and_online_resumes_from_the_committed_position() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("switch", 1);
+    let id = sys
+        .app
+        .subscribe(&subscription("switch", &sys.receiver.url, &["switch"]))
+        .await;
+    produce(&sys.producer, "switch", 0, &values(0..5)).await;
+    sys.receiver.wait_for_delivered(5, WAIT).await;
+
+    sys.app
+        .set_platform("offline", "Upgrading the receivers")
+        .await;
+    let status = sys.app.status_of(&id).await;
+    assert_eq!(status["status"], "inactive");
+    assert_eq!(status["offline_message"], "Upgrading the receivers");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    produce(&sys.producer, "switch", 0, &values(5..10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sys.receiver.delivered().len(),
+        5,
+        "nothing is delivered while offline"
+    );
+
+    sys.app.set_platform("online", "").await;
+    let delivered = sys.receiver.wait_for_delivered(10, WAIT).await;
+    let ns: Vec<i64> = delivered
+        .iter()
+        .map(|m| m["value"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..10).collect::<Vec<_>>());
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_subscription_stops_its_delivery() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("gone", 1);
+    let id = sys
+        .app
+        .subscribe(&subscription("gone", &sys.receiver.url, &["gone"]))
+        .await;
+    produce(&sys.producer, "gone", 0, &values(0..3)).await;
+    sys.receiver.wait_for_delivered(3, WAIT).await;
+    assert_eq!(sys.app.delete(&format!("/1/Subscription/{id}")).await, 204);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    produce(&sys.producer, "gone", 0, &values(3..6)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sys.receiver.delivered().len(), 3);
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn updating_filters_takes_effect_without_losing_position() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("kinds", 1);
+    let mut body = subscription("kinds", &sys.receiver.url, &["kinds"]);
+    body["source"][0]["jmes_filters"] = json!(["kind == 'a'"]);
+    let id = sys.app.subscribe(&body).await;
+    let mixed = |from: i64| -> Vec<Value> {
+        (from..from + 6)
+            .map(|n| json!({"n": n, "kind": if n % 2 == 0 { "a" } else { "b" }}))
+            .collect()
+    };
+    produce(&sys.producer, "kinds", 0, &mixed(0)).await;
+    sys.receiver.wait_for_delivered(3, WAIT).await;
+
+    body["source"][0]["jmes_filters"] = json!(["kind == 'b'"]);
+    let (status, _) = sys.app.put(&format!("/1/Subscription/{id}"), &body).await;
+    assert_eq!(status, 200);
+    produce(&sys.producer, "kinds", 0, &mixed(6)).await;
+    let delivered = sys.receiver.wait_for_delivered(6, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ns: Vec<i64> = sys
+        .receiver
+        .delivered()
+        .iter()
+        .map(|m| m["value"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        [0, 2, 4, 7, 9, 11],
+        "old messages are not replayed; new ones use the new filter"
+    );
+    assert_eq!(delivered.len(), 6);
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_spaces_requests_out() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("limited", 1);
+    let mut body = subscription("limited", &sys.receiver.url, &["limited"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 1, "max_batch_interval_seconds": 1});
+    body["configuration"]["rate_limit"] = json!({"max_requests_per_second": 2});
+    sys.app.subscribe(&body).await;
+    produce(&sys.producer, "limited", 0, &values(0..7)).await;
+    sys.receiver.wait_for_requests(1, WAIT).await;
+    let started = tokio::time::Instant::now();
+    sys.receiver.wait_for_delivered(7, WAIT).await;
+    // 2 per second with a burst of 2: the last 6 requests need at least 2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivery_works_with_the_postgresql_registry() {
+    let sys = System::start(Db::Postgres).await;
+    sys.topic("pg", 2);
+    let id = sys
+        .app
+        .subscribe(&subscription("pg", &sys.receiver.url, &["pg"]))
+        .await;
+    produce(&sys.producer, "pg", 0, &values(0..15)).await;
+    produce(&sys.producer, "pg", 1, &values(0..15)).await;
+    let delivered = sys.receiver.wait_for_delivered(30, WAIT).await;
+    assert_eq!(distinct(&delivered).0.len(), 30);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sys.app.status_of(&id).await["counts"]["delivered"] != 30 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sys.app.stop().await;
+}

@@ -121,7 +121,9 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(settings: Settings) -> Self {
-        let app = Application::build(settings).await.expect("the application builds");
+        let app = Application::build(settings)
+            .await
+            .expect("the application builds");
         let address = format!("http://{}", app.local_addr());
         let stop = CancellationToken::new();
         let token = stop.clone();
@@ -143,22 +145,29 @@ impl TestApp {
             .expect("the application stops cleanly");
     }
 
-    /// Ends the application as a crash would: no shutdown path runs.
-    pub fn kill(self) {
-        self.task.abort();
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         read(response).await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self.http.put(self.url(path)).json(body).send().await.unwrap();
+        let response = self
+            .http
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         read(response).await
     }
 
@@ -167,10 +176,19 @@ impl TestApp {
     }
 
     pub async fn delete(&self, path: &str) -> StatusCode {
-        self.http.delete(self.url(path)).send().await.unwrap().status()
+        self.http
+            .delete(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
     }
 
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
         let response = self
             .http
             .post(self.url(path))
@@ -197,7 +215,10 @@ impl TestApp {
 
     pub async fn set_platform(&self, status: &str, message: &str) {
         let (code, body) = self
-            .post("/1/EventNotificationAdmin", &json!({"status": status, "offline_message": message}))
+            .post(
+                "/1/EventNotificationAdmin",
+                &json!({"status": status, "offline_message": message}),
+            )
             .await;
         assert_eq!(code, StatusCode::OK, "{body}");
     }
@@ -374,7 +395,11 @@ impl Receiver {
 
     /// Answers these statuses (with optional Retry-After seconds) to the next requests.
     pub fn script(&self, replies: &[(u16, Option<u64>)]) {
-        self.state.script.lock().unwrap().extend(replies.iter().copied());
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .extend(replies.iter().copied());
     }
 
     pub fn delay_answers(&self, delay: Option<Duration>) {
@@ -394,22 +419,23 @@ impl Receiver {
             .collect()
     }
 
-    /// Waits until at least `n` messages were delivered (2xx), or panics after `within`.
+    /// Waits until at least `n` distinct messages (by topic, partition and
+    /// offset) were delivered with a 2xx, or panics after `within`. Returns
+    /// every delivered message, repeats included.
     pub async fn wait_for_delivered(&self, n: usize, within: Duration) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let arrived = self.state.arrived.notified();
             let delivered = self.delivered();
-            if delivered.len() >= n {
+            let distinct: std::collections::HashSet<_> =
+                positions(&delivered).into_iter().collect();
+            if distinct.len() >= n {
                 return delivered;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                let delivered = self.delivered();
-                if delivered.len() >= n {
-                    return delivered;
-                }
                 panic!(
-                    "expected {n} delivered messages within {within:?}, got {} in {} requests",
+                    "expected {n} distinct delivered messages within {within:?}, got {} ({} with repeats) in {} requests",
+                    distinct.len(),
                     delivered.len(),
                     self.requests().len()
                 );
@@ -426,7 +452,10 @@ impl Receiver {
                 return self.requests();
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("expected {n} requests within {within:?}, got {}", self.requests().len());
+                panic!(
+                    "expected {n} requests within {within:?}, got {}",
+                    self.requests().len()
+                );
             }
         }
     }
@@ -482,23 +511,17 @@ impl System {
     }
 
     pub fn topic(&self, name: &str, partitions: i32) {
-        self.broker.create_topic(name, partitions).expect("topic created");
+        self.broker
+            .create_topic(name, partitions)
+            .expect("topic created");
     }
 
-    /// Replaces the running application with a fresh one on the same database
-    /// and broker (after `stop` or `kill`).
-    pub async fn restart(&mut self, how: Stop) {
+    /// Stops the application gracefully and starts a fresh one on the same
+    /// database and broker. (Crashes are tested with the binary: see [`BinaryApp`].)
+    pub async fn restart(&mut self) {
         let old = std::mem::replace(&mut self.app, TestApp::spawn(self.settings.clone()).await);
-        match how {
-            Stop::Graceful => old.stop().await,
-            Stop::Kill => old.kill(),
-        }
+        old.stop().await;
     }
-}
-
-pub enum Stop {
-    Graceful,
-    Kill,
 }
 
 // ---- SMTP ----
@@ -587,8 +610,66 @@ impl SmtpServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
 
-    pub fn mail(&self) -> Vec<Mail> {
-        self.inbox.lock().unwrap().clone()
+// ---- The real binary, for crashes ----
+
+/// The `wasmhook` binary `cargo test --workspace` built beside this test.
+pub fn binary_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = dir.join("wasmhook");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p wasmhook` first)",
+        path.display()
+    );
+    path
+}
+
+/// The binary in a child process, so that a test can SIGKILL it.
+pub struct BinaryApp {
+    /// The REST API's base URL, as the binary printed it.
+    pub address: String,
+    child: tokio::process::Child,
+}
+
+impl BinaryApp {
+    pub async fn spawn(database_url: &str, brokers: &str) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(binary_path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--database-url", database_url])
+            .args(["--kafka-brokers", brokers])
+            .args(["--retry-base-delay", "50ms", "--retry-max-delay", "400ms"])
+            .args(["--reconcile-interval", "500ms"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the wasmhook binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let address = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("wasmhook prints its address within 30 s")
+                .unwrap()
+                .expect("wasmhook printed its address before exiting");
+            if let Some(address) = line.split("REST API on ").nth(1) {
+                break address.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { address, child }
+    }
+
+    /// SIGKILL: no shutdown path runs, nothing is flushed or committed.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL");
     }
 }
