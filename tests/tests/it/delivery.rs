@@ -426,6 +426,10 @@ async fn a_killed_process_loses_nothing_and_repeats_at_most_the_batches_in_fligh
     let at_kill = sys.receiver.requests().len();
 
     let binary = BinaryApp::spawn(&sys.db.url, &brokers).await;
+    let health = reqwest::get(format!("{}/healthz", binary.address))
+        .await
+        .unwrap();
+    assert_eq!(health.text().await.unwrap(), "OK");
     let delivered = sys
         .receiver
         .wait_for_delivered(600, Duration::from_secs(60))
