@@ -1,1 +1,11 @@
-//! Helpers live in tests/tests/common.
+//! The wasmhook test crate: black-box tests live in `tests/it/`; this library
+//! holds the load test behind the `wasmhook-loadtest` binary.
+//!
+//! # Layout
+//!
+//! - [`loadtest`]: seed 000's load-test harness made real — generate rows spread
+//!   over a duration across topics, publish them on schedule, run (or target) a
+//!   wasmhook with one subscription per topic, receive into SQLite, inject faults
+//!   on schedule, and report loss, duplicates, latency and throughput.
+
+pub mod loadtest;

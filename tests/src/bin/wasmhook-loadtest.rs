@@ -1,0 +1,33 @@
+//! `wasmhook-loadtest`: see `wasmhook_tests::loadtest`. Prints a report, and the
+//! same as one JSON line last; exits 1 when any message is missing.
+
+use clap::Parser;
+use wasmhook_tests::loadtest::{self, Options};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    // The child-process mode the load test uses to run (and SIGKILL) wasmhook.
+    if args.next().as_deref() == Some("wasmhook") {
+        return loadtest::run_wasmhook(args.collect()).await;
+    }
+    let options = Options::parse();
+    let report = loadtest::run(options.clone()).await?;
+    print!("{}", loadtest::describe(&options, &report));
+    let mut line = serde_json::to_value(&report)?;
+    line["fault"] = serde_json::json!(format!("{:?}", options.fault));
+    line["rows"] = serde_json::json!(options.rows);
+    line["topics"] = serde_json::json!(options.topics);
+    line["batch_size"] = serde_json::json!(options.batch_size);
+    println!("{line}");
+    if report.missing > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
