@@ -99,6 +99,18 @@ pub struct Cli {
     )]
     pub smtp_from: String,
 
+    /// Longest one plugin call (one batch) may run before it is interrupted.
+    #[arg(long, env = "WASMHOOK_PLUGIN_CPU_DEADLINE", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
+    pub plugin_cpu_deadline: Duration,
+
+    /// Most linear memory one plugin instance may use, in bytes.
+    #[arg(long, env = "WASMHOOK_PLUGIN_MEMORY_BYTES", default_value_t = 64 << 20, global = true)]
+    pub plugin_memory: usize,
+
+    /// Largest plugin upload (`POST /1/Plugin`) the API accepts, in bytes.
+    #[arg(long, env = "WASMHOOK_MAX_PLUGIN_BYTES", default_value_t = 32 << 20, global = true)]
+    pub max_plugin_bytes: usize,
+
     /// Fewest time between two alert emails about one subscription.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub alert_interval: Duration,
@@ -153,6 +165,25 @@ pub struct DeliverySettings {
     pub reconcile_interval: Duration,
     pub shutdown_grace: Duration,
     pub alert_interval: Duration,
+    /// Plugin settings live here rather than in [`Settings`] because this
+    /// struct has a `Default`, which the tests and the load test build on.
+    pub plugins: PluginSettings,
+}
+
+/// Limits of the plugin runtime and of plugin uploads.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginSettings {
+    pub limits: crate::plugin::RuntimeLimits,
+    pub max_upload_bytes: usize,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            limits: crate::plugin::RuntimeLimits::default(),
+            max_upload_bytes: 32 << 20,
+        }
+    }
 }
 
 impl Default for DeliverySettings {
@@ -167,6 +198,7 @@ impl Default for DeliverySettings {
             reconcile_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             alert_interval: Duration::from_secs(15 * 60),
+            plugins: PluginSettings::default(),
         }
     }
 }
@@ -196,6 +228,13 @@ impl Cli {
                 reconcile_interval: self.reconcile_interval,
                 shutdown_grace: self.shutdown_grace,
                 alert_interval: self.alert_interval,
+                plugins: PluginSettings {
+                    limits: crate::plugin::RuntimeLimits {
+                        cpu_deadline: self.plugin_cpu_deadline,
+                        memory_bytes: self.plugin_memory,
+                    },
+                    max_upload_bytes: self.max_plugin_bytes,
+                },
             },
             smtp: self.smtp_host.as_ref().map(|host| SmtpSettings {
                 host: host.clone(),
@@ -223,5 +262,16 @@ mod tests {
         let cli =
             Cli::try_parse_from(["wasmhook", "--retry-base-delay", "250ms", "serve"]).unwrap();
         assert_eq!(cli.retry_base_delay, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn plugin_limits_default_to_100ms_64mib_and_32mib_uploads() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        let plugins = cli.settings("b".into()).delivery.plugins;
+        assert_eq!(plugins.limits.cpu_deadline, Duration::from_millis(100));
+        assert_eq!(plugins.limits.memory_bytes, 64 << 20);
+        assert_eq!(plugins.max_upload_bytes, 32 << 20);
+        let cli = Cli::try_parse_from(["wasmhook", "--plugin-cpu-deadline", "2s"]).unwrap();
+        assert_eq!(cli.plugin_cpu_deadline, Duration::from_secs(2));
     }
 }

@@ -8,9 +8,11 @@
 //!   start-up, then runs the REST API and the delivery engine until shut down.
 //! - [`api`]: the REST API of seed 000 (subscriptions, status, admin switch, healthz).
 //! - [`domain`]: newtypes that parse the API's input into a valid subscription spec.
-//! - [`registry`]: subscriptions, activity and the admin switch in SQLite or PostgreSQL.
+//! - [`registry`]: subscriptions, plugins, activity and the admin switch in SQLite or PostgreSQL.
 //! - [`delivery`]: one pipeline per active subscription — Kafka consumer, JMES
-//!   filters, batcher, sender with retries, dead letter, alerts — under a supervisor.
+//!   filters, plugins, batcher, sender with retries, dead letter, alerts — under a supervisor.
+//! - [`plugin`]: the WebAssembly plugin runtime (wasmtime): compile and validate
+//!   components per role, run them per batch in a sandbox with CPU and memory limits.
 //! - [`signing`]: Standard Webhooks secrets and signatures.
 //! - [`broker`]: the embedded in-memory Kafka broker used when none is configured.
 //!
@@ -21,6 +23,7 @@ pub mod broker;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod plugin;
 pub mod registry;
 pub mod signing;
 pub mod startup;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::delivery::Supervisor;
+use crate::plugin::PluginEngine;
 use crate::registry::Registry;
 
 pub struct Application {
@@ -35,6 +36,10 @@ impl Application {
                     redact_url(&settings.database_url)
                 )
             })?;
+        // One engine for the API (compiling uploads) and every pipeline, so a
+        // component compiled at upload is reused from the cache by sha256.
+        let engine = PluginEngine::new(settings.delivery.plugins.limits)
+            .context("starting the plugin runtime")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;
@@ -43,6 +48,8 @@ impl Application {
             state: AppState {
                 registry,
                 changes: Arc::new(Notify::new()),
+                engine,
+                max_plugin_bytes: settings.delivery.plugins.max_upload_bytes,
             },
             settings,
         })
@@ -70,6 +77,7 @@ impl Application {
             self.state.registry.clone(),
             self.state.changes.clone(),
             &self.settings,
+            self.state.engine.clone(),
         )
         .context("starting the delivery engine")?;
         let delivery = tokio::spawn(supervisor.run(stop.clone()));

@@ -22,6 +22,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     BadRequest(String),
+    /// An upload that is not a usable plugin; `code` says which way.
+    #[error("{message}")]
+    InvalidPlugin { code: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -50,6 +53,7 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::InvalidPlugin { code, .. } => (StatusCode::BAD_REQUEST, *code),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -61,7 +65,9 @@ impl ApiError {
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         match error {
-            RegistryError::Conflict => ApiError::Conflict(error.to_string()),
+            RegistryError::Conflict | RegistryError::Duplicate(_) => {
+                ApiError::Conflict(error.to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

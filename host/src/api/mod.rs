@@ -1,13 +1,14 @@
 //! The REST API of seed 000 and what users expect around it.
 //!
 //! Routes: `/1/Subscription` (create, list), `/1/Subscription/{id}` (get, replace,
-//! delete), `/1/Subscription/{id}/Status`, `/1/EventNotificationAdmin` (get, set)
-//! and `/healthz`. Handlers parse into domain types, talk to the registry and poke
+//! delete), `/1/Subscription/{id}/Status`, `/1/EventNotificationAdmin` (get, set),
+//! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete) and `/healthz`. Handlers parse into domain types, talk to the registry and poke
 //! the delivery supervisor; they hold no delivery logic.
 
 mod admin;
 pub mod error;
 pub mod json;
+mod plugins;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use axum::http::Method;
 use axum::routing::get;
 use tokio::sync::Notify;
 
+use crate::plugin::PluginEngine;
 use crate::registry::Registry;
 pub use error::ApiError;
 use json::BodyLimit;
@@ -29,10 +31,26 @@ pub struct AppState {
     /// Woken after every registry change so the local supervisor reconciles at once
     /// (other hosts notice on their next periodic reconcile).
     pub changes: Arc<Notify>,
+    /// Compiles and validates uploads; shared with the pipelines (one cache).
+    pub engine: PluginEngine,
+    /// Body limit of `POST /1/Plugin`, larger than the others.
+    pub max_plugin_bytes: usize,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    // Components are megabytes: uploads get their own, larger limit. These
+    // layers sit inside the general ones below, so they win for this route.
+    let upload_limit = state.max_plugin_bytes;
+    let uploads = Router::new()
+        .route("/1/Plugin", get(plugins::list).post(plugins::upload))
+        .layer(DefaultBodyLimit::max(upload_limit))
+        .layer(axum::Extension(BodyLimit(upload_limit)));
     Router::new()
+        .merge(uploads)
+        .route(
+            "/1/Plugin/{name}/{version}",
+            get(plugins::get).delete(plugins::delete),
+        )
         .route(
             "/1/Subscription",
             get(subscriptions::list).post(subscriptions::create),

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use super::json::ApiJson;
 use super::{AppState, parse_id};
 use crate::api::ApiError;
-use crate::domain::{SubscriptionRequest, SubscriptionSpec};
+use crate::delivery::plugins::{LoadError, instantiate};
+use crate::domain::{FieldError, SubscriptionRequest, SubscriptionSpec, ValidationErrors};
+use crate::plugin::PluginError;
 use crate::registry::{Activity, ActivityEntry, Health, PlatformStatus, StoredSubscription};
 use crate::signing::SigningSecret;
 
@@ -37,6 +39,7 @@ pub(super) async fn create(
         });
     }
     let spec = SubscriptionSpec::parse(request, None).map_err(ApiError::Validation)?;
+    check_plugins(&state, &spec).await?;
     let secret = SigningSecret::generate();
     let stored = state
         .registry
@@ -54,6 +57,36 @@ pub(super) async fn create(
     // Shown once: later responses never carry it.
     body["signing_secret"] = json!(secret.as_str());
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Checks that every attached plugin is uploaded, has the role it is attached
+/// as, and accepts its configuration (its `init` is run once, in a throwaway
+/// instance), reporting every failure with the field path that attaches it.
+async fn check_plugins(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    for (field, role, attachment) in spec.plugins() {
+        let error = match instantiate(&state.registry, &state.engine, attachment, role).await {
+            Ok(_) => continue,
+            Err(LoadError::Registry(e)) => return Err(e.into()),
+            Err(LoadError::Plugin {
+                source: PluginError::Config(reason),
+                ..
+            }) => FieldError {
+                field: format!("{field}.config"),
+                message: format!("plugin {attachment} rejected its configuration: {reason}"),
+            },
+            Err(other) => FieldError {
+                field,
+                message: other.to_string(),
+            },
+        };
+        errors.push(error);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(ValidationErrors(errors)))
+    }
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -95,6 +128,7 @@ pub(super) async fn replace(
     }
     let spec =
         SubscriptionSpec::parse(request, Some(&current.spec)).map_err(ApiError::Validation)?;
+    check_plugins(&state, &spec).await?;
     let stored = state.registry.replace_subscription(&current, &spec).await?;
     let (was, is) = (current.spec.active.is_active(), spec.active.is_active());
     if was != is {

@@ -1,13 +1,16 @@
 //! The delivery engine: one pipeline per active subscription, under a supervisor.
 //!
 //! ```text
-//! consumer (group webhooks-{id}) ─► JMES filters ─► batcher ─► sender ─► commit
-//!                                                      failure ─► retry schedule ─► dead letter
+//! consumer (group webhooks-{id}) ─► JMES filters ─► batcher ─► filter / policy plugins
+//!   ─► serialiser (JSON or plugin) ─► sender ─► commit
+//!                          failure ─► retry schedule ─► dead letter
 //! ```
 //!
 //! - [`supervisor`]: reconciles running pipelines with the registry and the admin switch.
 //! - [`pipeline`]: the per-subscription loop; the only place offsets are committed.
 //! - [`record`], [`filter`], [`batcher`], [`retry`]: small pure stages, tested alone.
+//! - [`plugins`]: the pipeline's plugin instances and what their results and
+//!   failures mean for each message.
 //! - [`sender`]: one webhook request, signed, with its activity record.
 //! - [`dead_letter`]: exhausted batches to a Kafka topic per subscription.
 //! - [`alert`]: email on health transitions, rate limited.
@@ -21,6 +24,7 @@ pub mod batcher;
 pub mod dead_letter;
 pub mod filter;
 pub mod pipeline;
+pub mod plugins;
 pub mod record;
 pub mod retry;
 pub mod sender;

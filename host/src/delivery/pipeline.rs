@@ -1,4 +1,10 @@
-//! One subscription's pipeline: consume, filter, batch, deliver, commit.
+//! One subscription's pipeline: consume, filter, batch, run the plugins,
+//! deliver, commit.
+//!
+//! Filter and policy plugins run on each flushed batch, before it is sent;
+//! what they remove or deny is a final outcome, committed with the batch. A
+//! batch whose filter plugin failed goes to the dead letter; a serialiser
+//! plugin that fails fails the attempt, which is retried like a failed request.
 //!
 //! The loop is sequential on purpose: one batch in flight per subscription keeps
 //! order per partition, and offsets are committed only after the batch they
@@ -26,11 +32,13 @@ use super::alert::{Alerter, Transition};
 use super::batcher::{Batcher, Flush, Positions};
 use super::dead_letter::{self, DeadLetters};
 use super::filter::SourceFilters;
+use super::plugins::PluginStages;
 use super::record::{self, Record};
 use super::retry::RetrySchedule;
 use super::sender::{Outcome, Sender, Target};
 use crate::config::DeliverySettings;
 use crate::domain::SubscriptionSpec;
+use crate::plugin::PluginEngine;
 use crate::registry::{Activity, Counts, DeadLetter, Health, Registry, StoredSubscription};
 use crate::signing::SigningSecret;
 
@@ -43,6 +51,7 @@ pub struct Shared {
     pub sender: Sender,
     pub dead_letters: DeadLetters,
     pub alerter: Alerter,
+    pub engine: PluginEngine,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +62,12 @@ pub enum PipelineError {
     Subscribe(#[source] KafkaError),
     #[error("the stored signing secret is unusable: {0}")]
     Secret(String),
+    #[error("{field}: {source}")]
+    Plugin {
+        field: String,
+        #[source]
+        source: super::plugins::LoadError,
+    },
 }
 
 /// Counts rebalances, so the loop can tell that the batch it holds may contain
@@ -80,6 +95,14 @@ impl ConsumerContext for PipelineContext {
 }
 
 type PipelineConsumer = StreamConsumer<PipelineContext>;
+
+/// What to do after a failed attempt.
+enum Retry {
+    Again,
+    Stopped,
+    /// No retries left; the reason to dead-letter the batch with.
+    Exhausted(String),
+}
 
 /// How a batch ended.
 enum Ending {
@@ -158,6 +181,29 @@ impl Pipeline {
     }
 
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
+        // Plugins first: a subscription whose plugin cannot start must not
+        // join the group and hold partitions it cannot deliver.
+        let mut plugins = match PluginStages::build(
+            self.id,
+            &self.spec,
+            &self.shared.registry,
+            &self.shared.engine,
+        )
+        .await
+        {
+            Ok(plugins) => plugins,
+            Err((field, source)) => {
+                let error = PipelineError::Plugin { field, source };
+                self.set_health(
+                    Health::Unhealthy,
+                    Transition::Unhealthy {
+                        reason: error.to_string(),
+                    },
+                )
+                .await;
+                return Err(error);
+            }
+        };
         let consumer = self.consumer()?;
         tracing::info!(subscription = %self.id, topics = ?self.spec.topics(), "Pipeline started.");
         let filters = SourceFilters::new(&self.spec);
@@ -202,7 +248,7 @@ impl Pipeline {
                     batcher.take()
                 }
             };
-            match self.finish(flush, &stop).await {
+            match self.finish(flush, &mut plugins, &stop).await {
                 Some(positions) => self.commit(&consumer, positions).await,
                 None => break,
             }
@@ -220,16 +266,35 @@ impl Pipeline {
 
     /// Brings a flushed batch to a final outcome; returns the positions to
     /// commit, or `None` when stopped first.
-    async fn finish(&mut self, flush: Flush, stop: &CancellationToken) -> Option<Positions> {
+    async fn finish(
+        &mut self,
+        flush: Flush,
+        plugins: &mut PluginStages,
+        stop: &CancellationToken,
+    ) -> Option<Positions> {
         let mut counts = Counts {
             filtered: flush.filtered as i64,
             ..Counts::default()
         };
-        if !flush.records.is_empty() {
-            match self.deliver(&flush.records, stop).await {
+        let mut records = flush.records;
+        if plugins.screens() && !records.is_empty() {
+            let screened = plugins.screen(records).await;
+            counts.filtered += screened.filtered as i64;
+            counts.denied += screened.denied as i64;
+            for (failed, reason) in &screened.failed {
+                let delivery_id = record::delivery_id(failed);
+                if !self.dead_letter(failed, &delivery_id, reason, stop).await {
+                    return None;
+                }
+                counts.dead_lettered += failed.len() as i64;
+            }
+            records = screened.kept;
+        }
+        if !records.is_empty() {
+            match self.deliver(&records, plugins, stop).await {
                 (Ending::Abandoned, _) => return None,
                 (Ending::Final, delivered) => {
-                    let n = flush.records.len() as i64;
+                    let n = records.len() as i64;
                     if delivered {
                         counts.delivered = n;
                     } else {
@@ -246,14 +311,52 @@ impl Pipeline {
 
     /// Sends a batch until delivered, retrying per the schedule, then dead-letters
     /// it. The bool is true when delivered, false when dead-lettered.
-    async fn deliver(&mut self, records: &[Record], stop: &CancellationToken) -> (Ending, bool) {
+    async fn deliver(
+        &mut self,
+        records: &[Record],
+        plugins: &mut PluginStages,
+        stop: &CancellationToken,
+    ) -> (Ending, bool) {
         let delivery_id = record::delivery_id(records);
-        let body = bytes::Bytes::from(record::json_body(records));
+        // With a serialiser plugin the body is made on the first attempt, and
+        // again on the next one if that failed; then kept across retries.
+        let mut body: Option<(bytes::Bytes, String)> = (!plugins.has_serialiser()).then(|| {
+            (
+                bytes::Bytes::from(record::json_body(records)),
+                record::JSON_CONTENT_TYPE.to_string(),
+            )
+        });
         let mut retry = 0;
         loop {
             if stop.is_cancelled() {
                 return (Ending::Abandoned, false);
             }
+            if body.is_none() {
+                match plugins.serialise(records).await {
+                    Some(Ok(out)) => body = Some((bytes::Bytes::from(out.body), out.content_type)),
+                    Some(Err(reason)) => {
+                        match self
+                            .wait_to_retry(&mut retry, &delivery_id, reason, None, stop)
+                            .await
+                        {
+                            Retry::Again => continue,
+                            Retry::Stopped => return (Ending::Abandoned, false),
+                            Retry::Exhausted(reason) => {
+                                return self.give_up(records, &delivery_id, &reason, stop).await;
+                            }
+                        }
+                    }
+                    None => {
+                        body = Some((
+                            bytes::Bytes::from(record::json_body(records)),
+                            record::JSON_CONTENT_TYPE.to_string(),
+                        ))
+                    }
+                }
+            }
+            let Some((payload, content_type)) = &body else {
+                continue;
+            };
             if let Some(limiter) = &self.limiter {
                 tokio::select! {
                     _ = stop.cancelled() => return (Ending::Abandoned, false),
@@ -263,7 +366,7 @@ impl Pipeline {
             let attempt = self
                 .shared
                 .sender
-                .send(&self.target, &delivery_id, body.clone())
+                .send(&self.target, &delivery_id, content_type, payload.clone())
                 .await;
             if let Err(error) = self
                 .shared
@@ -285,24 +388,53 @@ impl Pipeline {
                     retry_after,
                 } => (reason, retry_after),
             };
-            retry += 1;
-            let jitter = rand::rng().random::<f64>();
-            match self.schedule.delay(retry, retry_after, jitter) {
-                Some(wait) => {
-                    tracing::info!(subscription = %self.id, delivery = %delivery_id, retry, wait_ms = wait.as_millis() as u64, reason = %reason, "Delivery failed; retrying.");
-                    tokio::select! {
-                        _ = stop.cancelled() => return (Ending::Abandoned, false),
-                        _ = sleep(wait) => {}
-                    }
-                }
-                None => {
-                    let reason = format!("{reason} (after {} attempts)", retry);
-                    return match self.dead_letter(records, &delivery_id, &reason, stop).await {
-                        true => (Ending::Final, false),
-                        false => (Ending::Abandoned, false),
-                    };
+            match self
+                .wait_to_retry(&mut retry, &delivery_id, reason, retry_after, stop)
+                .await
+            {
+                Retry::Again => {}
+                Retry::Stopped => return (Ending::Abandoned, false),
+                Retry::Exhausted(reason) => {
+                    return self.give_up(records, &delivery_id, &reason, stop).await;
                 }
             }
+        }
+    }
+
+    /// Counts a failed attempt and waits per the retry schedule, unless the
+    /// retries are used up.
+    async fn wait_to_retry(
+        &self,
+        retry: &mut u32,
+        delivery_id: &str,
+        reason: String,
+        retry_after: Option<Duration>,
+        stop: &CancellationToken,
+    ) -> Retry {
+        *retry += 1;
+        let jitter = rand::rng().random::<f64>();
+        match self.schedule.delay(*retry, retry_after, jitter) {
+            Some(wait) => {
+                tracing::info!(subscription = %self.id, delivery = %delivery_id, retry = *retry, wait_ms = wait.as_millis() as u64, reason = %reason, "Delivery failed; retrying.");
+                tokio::select! {
+                    _ = stop.cancelled() => Retry::Stopped,
+                    _ = sleep(wait) => Retry::Again,
+                }
+            }
+            None => Retry::Exhausted(format!("{reason} (after {retry} attempts)")),
+        }
+    }
+
+    async fn give_up(
+        &mut self,
+        records: &[Record],
+        delivery_id: &str,
+        reason: &str,
+        stop: &CancellationToken,
+    ) -> (Ending, bool) {
+        match self.dead_letter(records, delivery_id, reason, stop).await {
+            true => (Ending::Final, false),
+            false => (Ending::Abandoned, false),
         }
     }
 

@@ -132,6 +132,9 @@ fn wire(record: &Record) -> WireRecord<'_> {
     }
 }
 
+/// The content type of [`json_body`].
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
 /// The JSON array body for a batch.
 pub fn json_body(records: &[Record]) -> Vec<u8> {
     let wire: Vec<WireRecord<'_>> = records.iter().map(wire).collect();

@@ -63,14 +63,24 @@ impl Sender {
         })
     }
 
-    pub async fn send(&self, target: &Target, delivery_id: &str, body: bytes::Bytes) -> Attempt {
+    /// Sends one request. `content_type` is the built-in JSON one or a
+    /// serialiser plugin's (checked to be a printable header value).
+    pub async fn send(
+        &self,
+        target: &Target,
+        delivery_id: &str,
+        content_type: &str,
+        body: bytes::Bytes,
+    ) -> Attempt {
         let timestamp = chrono::Utc::now().timestamp();
         let signature = target.secret.sign(delivery_id, timestamp, &body);
         let mut headers = HeaderMap::new();
         for line in &target.headers {
             headers.append(line.name().clone(), line.value().clone());
         }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let content_type = HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        headers.insert(CONTENT_TYPE, content_type.clone());
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("wasmhook/", env!("CARGO_PKG_VERSION"))),
@@ -87,7 +97,10 @@ impl Sender {
         let mut request_headers: Vec<String> =
             target.headers.iter().map(HeaderLine::masked).collect();
         request_headers.extend([
-            "content-type: application/json".to_string(),
+            format!(
+                "content-type: {}",
+                String::from_utf8_lossy(content_type.as_bytes())
+            ),
             format!("webhook-id: {delivery_id}"),
             format!("webhook-timestamp: {timestamp}"),
             format!("webhook-signature: {signature}"),

@@ -51,6 +51,7 @@ impl Supervisor {
         registry: Registry,
         changes: Arc<Notify>,
         settings: &Settings,
+        engine: crate::plugin::PluginEngine,
     ) -> Result<Self, SupervisorError> {
         let delivery = settings.delivery.clone();
         let shared = Shared {
@@ -60,6 +61,7 @@ impl Supervisor {
             alerter: Alerter::new(settings.smtp.as_ref(), delivery.alert_interval)?,
             brokers: settings.kafka_brokers.clone(),
             settings: delivery,
+            engine,
         };
         Ok(Self {
             shared: Arc::new(shared),

@@ -6,12 +6,14 @@
 //! violation with the path of the field that caused it. Nothing here does I/O.
 
 mod fields;
+mod plugin;
 mod subscription;
 
 pub use fields::{
     Active, AlertChannel, BatchInterval, BatchSize, EmailAddress, HeaderLine, JmesFilter, MASK,
     MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
 };
+pub use plugin::{PluginAttachment, PluginConfig, PluginName, PluginVersion};
 pub use subscription::{
     Alerting, Batching, FieldError, RetryPolicy, SourceSpec, SubscriptionRequest, SubscriptionSpec,
     ValidationErrors, WebhookDestination,

@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::fields::*;
+use super::plugin::{PluginAttachment, PluginConfig, PluginName, PluginVersion};
+use crate::plugin::PluginRole;
 
 /// One violated rule, with the JSON path of the field that broke it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -102,6 +104,17 @@ pub struct WebhookRequest {
 pub struct SourceRequest {
     pub topic: Option<String>,
     pub jmes_filters: Option<Vec<String>>,
+    pub filter_plugin: Option<PluginAttachmentRequest>,
+    pub policy_plugin: Option<PluginAttachmentRequest>,
+}
+
+/// `{"name", "version", "config": {"key": "value"}}` naming an uploaded plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginAttachmentRequest {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +124,7 @@ pub struct ConfigurationRequest {
     pub retry: Option<RetryRequest>,
     pub alerting: Option<AlertingRequest>,
     pub rate_limit: Option<RateLimitRequest>,
+    pub serialiser_plugin: Option<PluginAttachmentRequest>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +190,12 @@ pub struct SourceSpec {
     pub topic: TopicName,
     #[serde(default)]
     pub jmes_filters: Vec<JmesFilter>,
+    /// Runs after the JMES filters; keeps or drops each message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_plugin: Option<PluginAttachment>,
+    /// Runs after the filter plugin; allows, denies or redacts each message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_plugin: Option<PluginAttachment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +206,9 @@ pub struct Configuration {
     pub alerting: Option<Alerting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Builds the request body instead of the built-in JSON array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serialiser_plugin: Option<PluginAttachment>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -263,6 +286,35 @@ impl SubscriptionSpec {
     /// The topics this subscription reads, in the order given.
     pub fn topics(&self) -> Vec<&str> {
         self.source.iter().map(|s| s.topic.as_str()).collect()
+    }
+
+    /// Every plugin the subscription uses, with the field path that attaches it
+    /// (`source[0].filter_plugin`, …), in document order.
+    pub fn plugins(&self) -> Vec<(String, PluginRole, &PluginAttachment)> {
+        let mut out = Vec::new();
+        for (i, source) in self.source.iter().enumerate() {
+            if let Some(a) = &source.filter_plugin {
+                out.push((format!("source[{i}].filter_plugin"), PluginRole::Filter, a));
+            }
+            if let Some(a) = &source.policy_plugin {
+                out.push((format!("source[{i}].policy_plugin"), PluginRole::Policy, a));
+            }
+        }
+        if let Some(a) = &self.configuration.serialiser_plugin {
+            out.push((
+                "configuration.serialiser_plugin".to_string(),
+                PluginRole::Serialiser,
+                a,
+            ));
+        }
+        out
+    }
+
+    /// True when the subscription attaches the plugin `name`@`version`.
+    pub fn uses_plugin(&self, name: &str, version: &str) -> bool {
+        self.plugins()
+            .iter()
+            .any(|(_, _, a)| a.name.as_str() == name && a.version.as_str() == version)
     }
 
     /// The spec as responses show it: header values masked.
@@ -380,9 +432,25 @@ fn parse_sources(
             complete = false;
             continue;
         }
+        let filter_plugin = parse_attachment(
+            &format!("source[{i}].filter_plugin"),
+            source.filter_plugin,
+            errors,
+        );
+        let policy_plugin = parse_attachment(
+            &format!("source[{i}].policy_plugin"),
+            source.policy_plugin,
+            errors,
+        );
+        let (Some(filter_plugin), Some(policy_plugin)) = (filter_plugin, policy_plugin) else {
+            complete = false;
+            continue;
+        };
         sources.push(SourceSpec {
             topic,
             jmes_filters: filters,
+            filter_plugin,
+            policy_plugin,
         });
     }
     complete.then_some(sources)
@@ -449,6 +517,12 @@ fn parse_configuration(
             }),
     };
 
+    let serialiser_plugin = parse_attachment(
+        "configuration.serialiser_plugin",
+        request.serialiser_plugin,
+        errors,
+    );
+
     Some(Configuration {
         batching: Batching {
             max_batch_size: size?,
@@ -460,7 +534,44 @@ fn parse_configuration(
         },
         alerting: alerting?,
         rate_limit: rate_limit?,
+        serialiser_plugin: serialiser_plugin?,
     })
+}
+
+/// Parses an optional attachment: `Some(None)` when absent, `None` when invalid.
+fn parse_attachment(
+    field: &str,
+    request: Option<PluginAttachmentRequest>,
+    errors: &mut ValidationErrors,
+) -> Option<Option<PluginAttachment>> {
+    let Some(request) = request else {
+        return Some(None);
+    };
+    let name = errors.check(&format!("{field}.name"), request.name, PluginName::parse);
+    let version = errors.check(
+        &format!("{field}.version"),
+        request.version,
+        PluginVersion::parse,
+    );
+    let config = match PluginConfig::parse(request.config.unwrap_or_default()) {
+        Ok(config) => Some(config),
+        Err(problems) => {
+            for (key, message) in problems {
+                let path = if key.is_empty() {
+                    format!("{field}.config")
+                } else {
+                    format!("{field}.config.{key}")
+                };
+                errors.push(path, message);
+            }
+            None
+        }
+    };
+    Some(Some(PluginAttachment {
+        name: name?,
+        version: version?,
+        config: config?,
+    }))
 }
 
 fn parse_alerting(request: AlertingRequest, errors: &mut ValidationErrors) -> Option<Alerting> {
@@ -555,6 +666,44 @@ mod tests {
             stored.destination.webhook.headers
         );
         assert!(SubscriptionSpec::parse(request(body), None).is_err());
+    }
+
+    #[test]
+    fn plugin_attachments_parse_and_report_their_paths() {
+        let mut body = valid();
+        body["source"][0]["filter_plugin"] = serde_json::json!({"name": "field-match", "version": "1.0.0", "config": {"field": "/a", "equals": "1"}});
+        body["configuration"]["serialiser_plugin"] =
+            serde_json::json!({"name": "cloudevents", "version": "0.1.0"});
+        let spec = SubscriptionSpec::parse(request(body.clone()), None).unwrap();
+        let plugins = spec.plugins();
+        assert_eq!(plugins.len(), 2);
+        assert_eq!(plugins[0].0, "source[0].filter_plugin");
+        assert_eq!(plugins[0].1, PluginRole::Filter);
+        assert_eq!(
+            plugins[0].2.config.pairs()[1],
+            ("equals".into(), "1".into())
+        );
+        assert_eq!(plugins[1].0, "configuration.serialiser_plugin");
+        assert!(spec.uses_plugin("cloudevents", "0.1.0"));
+        assert!(!spec.uses_plugin("cloudevents", "0.2.0"));
+        let stored = serde_json::to_string(&spec).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SubscriptionSpec>(&stored).unwrap(),
+            spec
+        );
+
+        body["source"][0]["policy_plugin"] =
+            serde_json::json!({"name": "Bad Name", "version": "1", "config": {"n": 1}});
+        let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "source[0].policy_plugin.name",
+                "source[0].policy_plugin.version",
+                "source[0].policy_plugin.config.n"
+            ]
+        );
     }
 
     #[test]

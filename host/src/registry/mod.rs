@@ -1,4 +1,4 @@
-//! The registry: subscriptions, their recent activity and the admin switch,
+//! The registry: subscriptions, plugins, their recent activity and the admin switch,
 //! kept in SQLite (the embedded default) or PostgreSQL through one sqlx `Any` pool.
 //!
 //! SQL here is written once for both databases (`$n` placeholders, which SQLite
@@ -7,6 +7,7 @@
 
 mod activity;
 mod admin;
+mod plugins;
 mod subscriptions;
 
 use std::str::FromStr;
@@ -17,6 +18,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
 pub use admin::{AdminState, PlatformStatus};
+pub use plugins::StoredPlugin;
 pub use subscriptions::{Counts, Health, StoredSubscription};
 
 /// What went wrong talking to the registry.
@@ -34,6 +36,8 @@ pub enum RegistryError {
     Corrupt(String),
     #[error("the subscription changed while it was being updated; send the update again")]
     Conflict,
+    #[error("{0}")]
+    Duplicate(String),
 }
 
 /// Which database the registry runs on.

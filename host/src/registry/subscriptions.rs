@@ -45,10 +45,13 @@ pub struct Counts {
     pub delivered: i64,
     pub filtered: i64,
     pub dead_lettered: i64,
+    /// Refused by a policy plugin (or by a failing one: policies fail closed).
+    pub denied: i64,
 }
 
 const COLUMNS: &str = "id, spec, signing_secret, health, status_changed_at, created_at, \
-     updated_at, revision, delivered_messages, filtered_messages, dead_lettered_messages";
+     updated_at, revision, delivered_messages, filtered_messages, dead_lettered_messages, \
+     denied_messages";
 
 fn decode(row: &AnyRow) -> Result<StoredSubscription, RegistryError> {
     let id: String = row.try_get("id")?;
@@ -73,6 +76,7 @@ fn decode(row: &AnyRow) -> Result<StoredSubscription, RegistryError> {
             delivered: row.try_get("delivered_messages")?,
             filtered: row.try_get("filtered_messages")?,
             dead_lettered: row.try_get("dead_lettered_messages")?,
+            denied: row.try_get("denied_messages")?,
         },
     })
 }
@@ -204,11 +208,13 @@ impl Registry {
         sqlx::query(
             "UPDATE subscriptions SET delivered_messages = delivered_messages + $1, \
              filtered_messages = filtered_messages + $2, \
-             dead_lettered_messages = dead_lettered_messages + $3 WHERE id = $4",
+             dead_lettered_messages = dead_lettered_messages + $3, \
+             denied_messages = denied_messages + $4 WHERE id = $5",
         )
         .bind(counts.delivered)
         .bind(counts.filtered)
         .bind(counts.dead_lettered)
+        .bind(counts.denied)
         .bind(id.to_string())
         .execute(&self.pool)
         .await?;

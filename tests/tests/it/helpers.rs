@@ -673,3 +673,98 @@ impl BinaryApp {
         self.child.kill().await.expect("SIGKILL");
     }
 }
+
+// ---- Plugins ----
+
+/// A component `tests/build.rs` built from `plugins/` (`field_match`,
+/// `cloudevents`, `tenant_policy`, or a hostile guest such as `guest_loop`).
+pub fn plugin_wasm(crate_name: &str) -> Vec<u8> {
+    let path =
+        std::path::Path::new(env!("WASMHOOK_PLUGINS_DIR")).join(format!("{crate_name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A `multipart/form-data` body with text fields and one file field `wasm`.
+pub fn plugin_form(fields: &[(&str, &str)], wasm: Option<&[u8]>) -> (String, Vec<u8>) {
+    let boundary = format!("wasmhook-test-{}", uuid::Uuid::new_v4().simple());
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    if let Some(wasm) = wasm {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"wasm\"; filename=\"plugin.wasm\"\r\n\
+                 Content-Type: application/wasm\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(wasm);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+impl TestApp {
+    /// `POST /1/Plugin` as a multipart form.
+    pub async fn upload_plugin(
+        &self,
+        name: &str,
+        version: &str,
+        role: &str,
+        wasm: &[u8],
+    ) -> (StatusCode, Value) {
+        let (content_type, body) = plugin_form(
+            &[("name", name), ("version", version), ("role", role)],
+            Some(wasm),
+        );
+        self.post_form(&content_type, body).await
+    }
+
+    pub async fn post_form(&self, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.url("/1/Plugin"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    /// Uploads a component built from `plugins/` and asserts it was accepted.
+    pub async fn install_plugin(&self, crate_name: &str, name: &str, version: &str, role: &str) {
+        let (status, body) = self
+            .upload_plugin(name, version, role, &plugin_wasm(crate_name))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    /// Polls the status until `check` holds, or panics after `within`.
+    pub async fn wait_for_status(
+        &self,
+        id: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let status = self.status_of(id).await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the status did not reach the expected state within {within:?}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

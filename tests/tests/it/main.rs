@@ -5,3 +5,5 @@
 mod api;
 mod delivery;
 mod helpers;
+mod plugin_runtime;
+mod plugins;

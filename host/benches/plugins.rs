@@ -1,0 +1,143 @@
+//! Per-message cost of filtering and serialising, native and in WebAssembly:
+//!
+//! - `jmes`: the native JMESPath filter (`domain::JmesFilter`), on a parsed
+//!   `jmespath::Variable` (`match`) and from the raw JSON bytes as the
+//!   pipeline does it (`parse+match`);
+//! - `wasm-filter`: the `field-match` Rust plugin at batches of 1, 100, 1000;
+//! - `wasm-serialiser`: the `cloudevents` Rust plugin at the same sizes.
+//!
+//! Criterion reports time per batch and, through `Throughput::Elements`,
+//! messages per second; per-message cost = time / batch size.
+//!
+//! Needs the plugins built (`plugins/build.sh`, or any `cargo test
+//! --workspace`, whose tests/build.rs builds them). Run:
+//! `cargo bench -p wasmhook --bench plugins`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use wasmhook::domain::JmesFilter;
+use wasmhook::plugin::{Message, PluginEngine, PluginInstance, PluginRole, RuntimeLimits};
+
+fn wasm(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run plugins/build.sh first", path.display()))
+}
+
+/// A realistic small event (~110 bytes of JSON); every third one is from FR.
+fn value(i: usize) -> String {
+    format!(
+        r#"{{"id":{i},"customer":{{"id":"c{i}","country":"{}"}},"total":{}.5,"items":[1,2,3]}}"#,
+        ["FR", "DE", "BE"][i % 3],
+        i * 7
+    )
+}
+
+fn batch(n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| Message {
+            topic: "orders".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp: Some(1_700_000_000_000 + i as i64),
+            key: Some(format!("customer-{i}").into_bytes()),
+            value: value(i).into_bytes(),
+            headers: vec![(
+                "trace-id".into(),
+                b"0af7651916cd43dd8448eb211c80319c".to_vec(),
+            )],
+        })
+        .collect()
+}
+
+fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const SIZES: [usize; 3] = [1, 100, 1000];
+
+fn native_jmes(c: &mut Criterion) {
+    let filter = JmesFilter::parse("customer.country == 'FR'".into()).expect("a valid expression");
+    let raw: Vec<String> = (0..1000).map(value).collect();
+    let parsed: Vec<jmespath::Variable> = raw
+        .iter()
+        .map(|v| jmespath::Variable::from_json(v).expect("JSON"))
+        .collect();
+    let mut group = c.benchmark_group("jmes");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("match/1000", |b| {
+        b.iter(|| parsed.iter().filter(|v| filter.matches(v)).count())
+    });
+    group.bench_function("parse+match/1000", |b| {
+        b.iter(|| {
+            raw.iter()
+                .filter(|v| {
+                    jmespath::Variable::from_json(v)
+                        .map(|v| filter.matches(&v))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+    });
+    group.finish();
+}
+
+fn wasm_plugins(c: &mut Criterion) {
+    let engine = PluginEngine::new(RuntimeLimits::default()).expect("engine");
+
+    let compiled = engine
+        .compile(PluginRole::Filter, &wasm("field_match"))
+        .expect("field_match compiles");
+    let mut filter = PluginInstance::new(
+        &engine,
+        &compiled,
+        config(&[("field", "/customer/country"), ("equals", "FR")]),
+    )
+    .expect("field_match init");
+    let mut group = c.benchmark_group("wasm-filter");
+    for n in SIZES {
+        let messages = batch(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &messages, |b, m| {
+            b.iter(|| filter.filter(m).expect("filter"))
+        });
+    }
+    group.finish();
+
+    let compiled = engine
+        .compile(PluginRole::Serialiser, &wasm("cloudevents"))
+        .expect("cloudevents compiles");
+    let mut serialiser = PluginInstance::new(
+        &engine,
+        &compiled,
+        config(&[("source", "urn:wasmhook:bench"), ("type", "order.created")]),
+    )
+    .expect("cloudevents init");
+    let mut group = c.benchmark_group("wasm-serialiser");
+    for n in SIZES {
+        let messages = batch(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &messages, |b, m| {
+            b.iter(|| serialiser.serialise(m).expect("serialise"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    // Short runs: a 2-core machine shared with builds; enough for stable medians.
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = native_jmes, wasm_plugins
+}
+criterion_main!(benches);

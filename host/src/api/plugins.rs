@@ -1,0 +1,303 @@
+//! `/1/Plugin` handlers: upload (validated by compiling), list, get, delete.
+//!
+//! An upload is `multipart/form-data` with the fields `name`, `version`,
+//! `role` and `wasm`, or the raw component as the body with
+//! `?name=&version=&role=`. It is compiled once, on a blocking thread, and
+//! checked against its role's world before it is stored; the compiled
+//! artefact stays in the engine's cache for the pipelines.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header::CONTENT_TYPE};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::json::BodyLimit;
+use crate::api::ApiError;
+use crate::domain::{FieldError, PluginName, PluginVersion, ValidationErrors};
+use crate::plugin::{PluginError, PluginRole};
+use crate::registry::StoredPlugin;
+
+fn plugin_body(plugin: &StoredPlugin) -> Value {
+    json!({
+        "name": plugin.name,
+        "version": plugin.version,
+        "role": plugin.role.as_str(),
+        "sha256": plugin.sha256,
+        "size": plugin.size,
+        "created_at": plugin.created_at,
+    })
+}
+
+/// The query of a raw-body upload.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct UploadQuery {
+    name: Option<String>,
+    version: Option<String>,
+    role: Option<String>,
+}
+
+/// The four parts of an upload, as received.
+#[derive(Default)]
+struct Upload {
+    name: Option<String>,
+    version: Option<String>,
+    role: Option<String>,
+    wasm: Option<Bytes>,
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge { limit }
+}
+
+async fn read_multipart(request: Request, state: &AppState) -> Result<Upload, ApiError> {
+    let limit = state.max_plugin_bytes;
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("could not read the form: {}", e.body_text())))?;
+    let mut upload = Upload::default();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(limit)),
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "could not read the form: {}",
+                    e.body_text()
+                )));
+            }
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes = match field.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(limit)),
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "could not read the form field {name:?}: {}",
+                    e.body_text()
+                )));
+            }
+        };
+        let text = || {
+            String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::InvalidField {
+                field: name.clone(),
+                message: "must be UTF-8 text".into(),
+            })
+        };
+        match name.as_str() {
+            "name" => upload.name = Some(text()?),
+            "version" => upload.version = Some(text()?),
+            "role" => upload.role = Some(text()?),
+            "wasm" => upload.wasm = Some(bytes),
+            other => {
+                return Err(ApiError::InvalidField {
+                    field: other.to_string(),
+                    message: "is not a field of a plugin upload (name, version, role, wasm)".into(),
+                });
+            }
+        }
+    }
+    Ok(upload)
+}
+
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    Query(query): Query<UploadQuery>,
+    request: Request,
+) -> Result<impl IntoResponse, ApiError> {
+    let multipart = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let upload = if multipart {
+        read_multipart(request, &state).await?
+    } else {
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(state.max_plugin_bytes, |l| l.0);
+        let wasm = Bytes::from_request(request, &state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large(limit)
+                } else {
+                    ApiError::BadRequest(format!(
+                        "could not read the body: {}",
+                        rejection.body_text()
+                    ))
+                }
+            })?;
+        Upload {
+            name: query.name,
+            version: query.version,
+            role: query.role,
+            wasm: (!wasm.is_empty()).then_some(wasm),
+        }
+    };
+
+    let mut errors = Vec::new();
+    let mut field = |field: &str, message: String| {
+        errors.push(FieldError {
+            field: field.to_string(),
+            message,
+        })
+    };
+    let name = match upload.name.map(PluginName::parse) {
+        None => {
+            field("name", "is required".into());
+            None
+        }
+        Some(Err(message)) => {
+            field("name", message);
+            None
+        }
+        Some(Ok(name)) => Some(name),
+    };
+    let version = match upload.version.map(PluginVersion::parse) {
+        None => {
+            field("version", "is required".into());
+            None
+        }
+        Some(Err(message)) => {
+            field("version", message);
+            None
+        }
+        Some(Ok(version)) => Some(version),
+    };
+    let role = match upload.role.as_deref().map(str::parse::<PluginRole>) {
+        None => {
+            field("role", "is required: filter, serialiser or policy".into());
+            None
+        }
+        Some(Err(e)) => {
+            field("role", e.to_string());
+            None
+        }
+        Some(Ok(role)) => Some(role),
+    };
+    if upload.wasm.is_none() {
+        field("wasm", "is required: the component's bytes".into());
+    }
+    let (Some(name), Some(version), Some(role), Some(wasm)) = (name, version, role, upload.wasm)
+    else {
+        return Err(ApiError::Validation(ValidationErrors(errors)));
+    };
+
+    // Fail fast on a duplicate before spending seconds compiling; the insert
+    // below is what actually guarantees it.
+    if state
+        .registry
+        .get_plugin(name.as_str(), version.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "plugin {name} version {version} exists already; upload a new version"
+        )));
+    }
+
+    let engine = state.engine.clone();
+    let (wasm, compiled) = tokio::task::spawn_blocking(move || {
+        let compiled = engine.compile(role, &wasm);
+        (wasm, compiled)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the compile task failed: {e}")))?;
+    let compiled = compiled.map_err(|error| rejected(role, error))?;
+
+    let stored = state
+        .registry
+        .insert_plugin(
+            name.as_str(),
+            version.as_str(),
+            role,
+            compiled.sha256(),
+            &wasm,
+        )
+        .await?;
+    tracing::info!(plugin = %name, version = %version, role = %role, sha256 = %stored.sha256, size = stored.size, "Plugin uploaded.");
+    Ok((StatusCode::CREATED, Json(plugin_body(&stored))))
+}
+
+/// The 4xx for a component that cannot be a plugin of `role`.
+fn rejected(role: PluginRole, error: PluginError) -> ApiError {
+    let code = match &error {
+        PluginError::InvalidComponent(_) => "not_a_component",
+        PluginError::WrongWorld(_) => "wrong_world",
+        PluginError::ForbiddenImport(_) => "forbidden_import",
+        _ => return ApiError::Internal(format!("compiling the {role} plugin: {error}")),
+    };
+    ApiError::InvalidPlugin {
+        code,
+        message: format!("wasm: {error}"),
+    }
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let all = state.registry.list_plugins().await?;
+    Ok(Json(Value::Array(all.iter().map(plugin_body).collect())))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let plugin = state
+        .registry
+        .get_plugin(&name, &version)
+        .await?
+        .ok_or_else(|| not_found(&name, &version))?;
+    Ok(Json(plugin_body(&plugin)))
+}
+
+fn not_found(name: &str, version: &str) -> ApiError {
+    ApiError::NotFound(format!("no plugin {name} version {version}"))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let plugin = state
+        .registry
+        .get_plugin(&name, &version)
+        .await?
+        .ok_or_else(|| not_found(&name, &version))?;
+    // Not atomic with the delete: a subscription attached in between keeps a
+    // dangling reference, and its pipeline reports the plugin missing.
+    let users: Vec<String> = state
+        .registry
+        .list_subscriptions()
+        .await?
+        .iter()
+        .filter(|s| s.spec.uses_plugin(&name, &version))
+        .map(|s| s.id.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "plugin {name} version {version} is used by subscription{} {}; detach it first",
+            if users.len() == 1 { "" } else { "s" },
+            users.join(", ")
+        )));
+    }
+    if !state.registry.delete_plugin(&name, &version).await? {
+        return Err(not_found(&name, &version));
+    }
+    let still_stored = state
+        .registry
+        .list_plugins()
+        .await?
+        .iter()
+        .any(|p| p.sha256 == plugin.sha256);
+    if !still_stored {
+        state.engine.forget(&plugin.sha256);
+    }
+    tracing::info!(plugin = %name, version = %version, "Plugin deleted.");
+    Ok(StatusCode::NO_CONTENT)
+}

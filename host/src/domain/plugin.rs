@@ -1,0 +1,256 @@
+//! Plugin names, versions and a subscription's attachment of a plugin.
+//!
+//! An attachment names an uploaded plugin by name and version and gives it a
+//! configuration (string keys and values, passed to the plugin's `init`).
+//! Whether the named plugin exists and has the right role is the API's check
+//! (it needs the registry); this module only parses.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A plugin's name: 1 to 64 of `[a-z0-9-_]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PluginName(String);
+
+impl PluginName {
+    pub fn parse(value: String) -> Result<Self, String> {
+        if value.is_empty() || value.len() > 64 {
+            return Err(format!(
+                "must be 1 to 64 characters, got {}",
+                value.chars().count()
+            ));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_')))
+        {
+            return Err(format!(
+                "may only contain a-z, 0-9, '-' and '_', found {bad:?}"
+            ));
+        }
+        Ok(Self(value))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A plugin's version, semver-shaped: `MAJOR.MINOR.PATCH`, optionally
+/// followed by `-prerelease` and `+build` of `[0-9A-Za-z.-]`; at most 64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PluginVersion(String);
+
+impl PluginVersion {
+    pub fn parse(value: String) -> Result<Self, String> {
+        let wrong = || format!("must look like 1.2.3 (semver), got {value:?}");
+        if value.len() > 64 {
+            return Err(format!(
+                "must be at most 64 characters, got {}",
+                value.len()
+            ));
+        }
+        let (rest, build) = match value.split_once('+') {
+            Some((rest, build)) => (rest, Some(build)),
+            None => (value.as_str(), None),
+        };
+        let (core, pre) = match rest.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (rest, None),
+        };
+        let numbers: Vec<&str> = core.split('.').collect();
+        let numeric = |n: &&str| {
+            !n.is_empty()
+                && n.len() <= 9
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n.len() == 1 || !n.starts_with('0'))
+        };
+        if numbers.len() != 3 || !numbers.iter().all(numeric) {
+            return Err(wrong());
+        }
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.split('.').all(|part| {
+                    !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        if pre.is_some_and(|p| !label(p)) || build.is_some_and(|b| !label(b)) {
+            return Err(wrong());
+        }
+        Ok(Self(value))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! string_conversions {
+    ($($ty:ident),*) => {$(
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                Self::parse(value)
+            }
+        }
+        impl From<$ty> for String {
+            fn from(value: $ty) -> String {
+                value.0
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
+}
+string_conversions!(PluginName, PluginVersion);
+
+/// Most configuration entries an attachment may carry, and the longest key
+/// and value: plugins are configured, not fed data, this way.
+const MAX_CONFIG_ENTRIES: usize = 64;
+const MAX_CONFIG_KEY: usize = 128;
+const MAX_CONFIG_VALUE: usize = 4096;
+
+/// A plugin's configuration: string pairs in the order given, shown as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginConfig(Vec<(String, String)>);
+
+impl PluginConfig {
+    /// Parses a JSON object of strings; `Err` holds `(key, message)` pairs
+    /// (an empty key for the object as a whole).
+    pub fn parse(
+        object: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if object.len() > MAX_CONFIG_ENTRIES {
+            errors.push((
+                String::new(),
+                format!(
+                    "must have at most {MAX_CONFIG_ENTRIES} entries, got {}",
+                    object.len()
+                ),
+            ));
+        }
+        let mut pairs = Vec::with_capacity(object.len());
+        for (key, value) in object {
+            if key.is_empty() || key.len() > MAX_CONFIG_KEY {
+                errors.push((key, format!("keys must be 1 to {MAX_CONFIG_KEY} bytes")));
+                continue;
+            }
+            match value {
+                serde_json::Value::String(text) if text.len() <= MAX_CONFIG_VALUE => {
+                    pairs.push((key, text))
+                }
+                serde_json::Value::String(_) => {
+                    errors.push((key, format!("must be at most {MAX_CONFIG_VALUE} bytes")))
+                }
+                other => errors.push((key, format!("must be a string, got {other}"))),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self(pairs))
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+impl Serialize for PluginConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for PluginConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let object = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        Self::parse(object).map_err(|errors| {
+            let (key, message) = &errors[0];
+            serde::de::Error::custom(format!("config {key:?}: {message}"))
+        })
+    }
+}
+
+/// A plugin attached to a subscription: which one, and its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginAttachment {
+    pub name: PluginName,
+    pub version: PluginVersion,
+    #[serde(default)]
+    pub config: PluginConfig,
+}
+
+impl fmt::Display for PluginAttachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_lowercase_words() {
+        assert!(PluginName::parse("field-match_2".into()).is_ok());
+        assert!(PluginName::parse("".into()).is_err());
+        assert!(PluginName::parse("Field".into()).is_err());
+        assert!(PluginName::parse("a/b".into()).is_err());
+        assert!(PluginName::parse("a".repeat(64)).is_ok());
+        assert!(PluginName::parse("a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn versions_are_semver_shaped() {
+        for ok in [
+            "0.1.0",
+            "1.2.3",
+            "10.0.1-rc.1",
+            "1.0.0+build.5",
+            "1.0.0-alpha-2+x",
+        ] {
+            assert!(PluginVersion::parse(ok.into()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1",
+            "1.2",
+            "1.2.3.4",
+            "01.2.3",
+            "1.2.x",
+            "1.2.3-",
+            "1.2.3+",
+            "v1.2.3",
+            "1.2.3-a..b",
+        ] {
+            assert!(PluginVersion::parse(bad.into()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_keeps_string_pairs_in_order_and_names_bad_values() {
+        let object = serde_json::json!({"b": "2", "a": "1"});
+        let config = PluginConfig::parse(object.as_object().unwrap().clone()).unwrap();
+        assert_eq!(
+            config.pairs(),
+            [("b".to_string(), "2".to_string()), ("a".into(), "1".into())]
+        );
+        assert_eq!(serde_json::to_value(&config).unwrap(), object);
+        let bad = serde_json::json!({"n": 1, "ok": "x"});
+        let errors = PluginConfig::parse(bad.as_object().unwrap().clone()).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, "n");
+    }
+}
