@@ -99,29 +99,47 @@ struct Slot {
     /// `name@version`, for logs and dead-letter reasons.
     label: String,
     /// `None` only if a call's blocking task itself died (not on a trap: the
-    /// instance rebuilds itself after those).
+    /// instance rebuilds itself after those); the next call makes a new one.
     instance: Option<PluginInstance>,
+    engine: PluginEngine,
+    compiled: CompiledPlugin,
+    config: Vec<(String, String)>,
 }
 
 impl Slot {
+    fn new(attachment: &PluginAttachment, instance: PluginInstance, engine: &PluginEngine) -> Self {
+        Slot {
+            label: attachment.to_string(),
+            compiled: instance.compiled().clone(),
+            instance: Some(instance),
+            engine: engine.clone(),
+            config: attachment.config.pairs().to_vec(),
+        }
+    }
+
     async fn call<R: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut PluginInstance) -> Result<R, PluginError> + Send + 'static,
     ) -> Result<R, PluginError> {
-        let Some(mut instance) = self.instance.take() else {
-            return Err(PluginError::Runtime(
-                "the instance was lost by an earlier failed call".into(),
-            ));
-        };
+        let instance = self.instance.take();
+        let (engine, config) = (self.engine.clone(), self.config.clone());
+        let compiled = self.compiled.clone();
         // The call blocks for up to the CPU deadline: never on an async worker.
         let joined = tokio::task::spawn_blocking(move || {
+            let mut instance = match instance {
+                Some(instance) => instance,
+                None => match PluginInstance::new(&engine, &compiled, config) {
+                    Ok(instance) => instance,
+                    Err(error) => return (None, Err(error)),
+                },
+            };
             let result = f(&mut instance);
-            (instance, result)
+            (Some(instance), result)
         })
         .await;
         match joined {
             Ok((instance, result)) => {
-                self.instance = Some(instance);
+                self.instance = instance;
                 result
             }
             Err(e) => Err(PluginError::Runtime(format!(
@@ -177,10 +195,8 @@ impl PluginStages {
             policies: HashMap::new(),
             serialiser: None,
         };
-        let slot = |attachment: &PluginAttachment, instance| Slot {
-            label: attachment.to_string(),
-            instance: Some(instance),
-        };
+        let slot =
+            |attachment: &PluginAttachment, instance| Slot::new(attachment, instance, engine);
         for (i, source) in spec.source.iter().enumerate() {
             let topic = source.topic.as_str().to_string();
             if let Some(a) = &source.filter_plugin {
