@@ -75,7 +75,7 @@ pub struct Cli {
     pub max_concurrent_deliveries: usize,
 
     /// How often the registry is re-read for changes made by other hosts.
-    #[arg(long, env = "WASMHOOK_RECONCILE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WASMHOOK_RECONCILE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
     pub reconcile_interval: Duration,
 
     /// How long shutdown waits for in-flight batches before abandoning them (uncommitted).
@@ -195,7 +195,7 @@ impl Default for DeliverySettings {
             retry_max_delay: Duration::from_secs(60),
             retry_fixed_delay: Duration::from_secs(5),
             max_concurrent_deliveries: 64,
-            reconcile_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             alert_interval: Duration::from_secs(15 * 60),
             plugins: PluginSettings::default(),

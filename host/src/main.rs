@@ -8,8 +8,15 @@ use wasmhook::config::{Cli, Command};
 use wasmhook::registry::Registry;
 use wasmhook::startup::Application;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(serve());
+    // Bounded exit: a task still blocked on an unreachable broker is left behind.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+async fn serve() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

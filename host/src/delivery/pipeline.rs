@@ -258,8 +258,10 @@ impl Pipeline {
         if !self.uncommitted.is_empty() {
             self.commit(&consumer, Positions::new()).await;
         }
-        // Closing a consumer leaves the group, which blocks on a round trip.
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        // Closing a consumer leaves the group, which blocks on a round trip (or
+        // for as long as the broker is unreachable). A successor in the same group
+        // should join after it left, but shutdown must not hang on a dead broker.
+        let _ = off_runtime(CLOSE_TIMEOUT, move || drop(consumer)).await;
         tracing::info!(subscription = %self.id, "Pipeline stopped.");
         Ok(())
     }
@@ -528,18 +530,41 @@ impl Pipeline {
         }
         let consumer = consumer.clone();
         // A synchronous commit is a broker round trip: keep it off the async workers.
-        let result =
-            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
+        let result = off_runtime(COMMIT_TIMEOUT, move || {
+            consumer.commit(&list, CommitMode::Sync)
+        })
+        .await;
         match result {
-            Ok(Ok(())) => self.uncommitted.clear(),
-            Ok(Err(error)) => {
+            Some(Ok(())) => self.uncommitted.clear(),
+            Some(Err(error)) => {
                 tracing::warn!(subscription = %self.id, error = %error, "Commit failed; it will be sent again with the next one.")
             }
-            Err(error) => {
-                tracing::error!(subscription = %self.id, error = %error, "Commit task failed.")
+            None => {
+                tracing::warn!(subscription = %self.id, "Commit did not answer in time; it will be sent again with the next one.")
             }
         }
     }
+}
+
+/// How long a commit may take before the pipeline goes on without it (the
+/// positions stay pending and are sent again with the next commit).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping pipeline waits for its consumer to leave the group.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a blocking librdkafka call on a thread of its own and waits for it at
+/// most `timeout`; `None` when it did not finish in time. A plain thread, not
+/// tokio's blocking pool: a call stuck on an unreachable broker must not keep
+/// the runtime (and so the process) from shutting down.
+async fn off_runtime<T: Send + 'static>(
+    timeout: Duration,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(call());
+    });
+    tokio::time::timeout(timeout, result).await.ok()?.ok()
 }
 
 async fn alert(alerter: &Alerter, id: Uuid, spec: &SubscriptionSpec, transition: &Transition) {

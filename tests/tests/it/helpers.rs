@@ -614,20 +614,11 @@ impl SmtpServer {
 
 // ---- The real binary, for crashes ----
 
-/// The `wasmhook` binary `cargo test --workspace` built beside this test.
+/// An executable that runs wasmhook: `wasmhook-loadtest wasmhook …` runs the
+/// same `Application` as the `wasmhook` binary. It belongs to this package, so
+/// cargo builds it, fresh, for these tests (it would not build `wasmhook`'s own).
 pub fn binary_path() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let path = dir.join("wasmhook");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p wasmhook` first)",
-        path.display()
-    );
-    path
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_wasmhook-loadtest"))
 }
 
 /// The binary in a child process, so that a test can SIGKILL it.
@@ -641,7 +632,7 @@ impl BinaryApp {
     pub async fn spawn(database_url: &str, brokers: &str) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(binary_path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["wasmhook", "--listen", "127.0.0.1:0"])
             .args(["--database-url", database_url])
             .args(["--kafka-brokers", brokers])
             .args(["--retry-base-delay", "50ms", "--retry-max-delay", "400ms"])
