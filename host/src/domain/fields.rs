@@ -400,6 +400,7 @@ macro_rules! string_newtype_conversions {
         }
     )*};
 }
+pub(super) use string_newtype_conversions;
 string_newtype_conversions!(SubscriptionName, TopicName, EmailAddress);
 
 impl TryFrom<String> for WebhookUrl {

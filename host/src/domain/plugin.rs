@@ -86,27 +86,19 @@ impl PluginVersion {
     }
 }
 
-macro_rules! string_conversions {
-    ($($ty:ident),*) => {$(
-        impl TryFrom<String> for $ty {
-            type Error = String;
-            fn try_from(value: String) -> Result<Self, String> {
-                Self::parse(value)
-            }
-        }
-        impl From<$ty> for String {
-            fn from(value: $ty) -> String {
-                value.0
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    )*};
+super::fields::string_newtype_conversions!(PluginName, PluginVersion);
+
+impl fmt::Display for PluginName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
-string_conversions!(PluginName, PluginVersion);
+
+impl fmt::Display for PluginVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Most configuration entries an attachment may carry, and the longest key
 /// and value: plugins are configured, not fed data, this way.
