@@ -360,7 +360,13 @@ async fn exhausted_retries_dead_letter_the_batch_alert_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_that_is_down_for_a_while_loses_nothing_and_order_holds() {
-    let sys = System::start(Db::Sqlite).await;
+    // 10 retries must outlast the 2 s outage whatever the jitter: with waits
+    // capped at 1 s they take at least 3.2 s (at 400 ms they could end in 1.6 s,
+    // and the batch would rightly go to the dead letter instead).
+    let sys = System::start_with(Db::Sqlite, |s| {
+        s.delivery.retry_max_delay = Duration::from_secs(1);
+    })
+    .await;
     sys.topic("outage", 2);
     let mut body = subscription("outage", &sys.receiver.url, &["outage"]);
     body["configuration"]["retry"] =
