@@ -159,16 +159,11 @@ async fn jmes_filters_pass_only_matching_json_and_count_the_rest() {
         .collect();
     assert_eq!(ks, [1, 5, 7]);
     // Filtered messages are a final outcome: counted and committed.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let status = sys.app.status_of(&id).await;
-        if status["counts"]["filtered"] == 4 {
-            assert_eq!(status["counts"]["delivered"], 3);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = sys
+        .app
+        .wait_for_status(&id, WAIT, |s| s["counts"]["filtered"] == 4)
+        .await;
+    assert_eq!(status["counts"]["delivered"], 3);
     sys.app.stop().await;
 }
 
@@ -345,14 +340,10 @@ async fn exhausted_retries_dead_letter_the_batch_alert_and_recover() {
         .map(|m| m["value"]["n"].as_i64().unwrap())
         .collect();
     assert_eq!(ns, [3, 4]);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while sys.app.status_of(&id).await["status"] != "healthy" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "recovers after a success"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Recovers after a success.
+    sys.app
+        .wait_for_status(&id, WAIT, |s| s["status"] == "healthy")
+        .await;
     let mails = smtp.wait_for_mail(2, WAIT).await;
     assert!(mails[1].data.contains("recovered"), "{}", mails[1].data);
     sys.app.stop().await;
@@ -608,10 +599,8 @@ async fn delivery_works_with_the_postgresql_registry() {
     produce(&sys.producer, "pg", 1, &values(0..15)).await;
     let delivered = sys.receiver.wait_for_delivered(30, WAIT).await;
     assert_eq!(distinct(&delivered).0.len(), 30);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while sys.app.status_of(&id).await["counts"]["delivered"] != 30 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sys.app
+        .wait_for_status(&id, WAIT, |s| s["counts"]["delivered"] == 30)
+        .await;
     sys.app.stop().await;
 }
