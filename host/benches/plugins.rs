@@ -16,9 +16,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use wasmhook::domain::JmesFilter;
-use wasmhook::plugin::{Message, PluginEngine, PluginInstance, PluginRole, RuntimeLimits};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use wasmhook::domain::{JmesFilter, PluginRole};
+use wasmhook::plugin::{Message, PluginEngine, PluginInstance, RuntimeSettings};
 
 fn wasm(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -90,42 +90,62 @@ fn native_jmes(c: &mut Criterion) {
 }
 
 fn wasm_plugins(c: &mut Criterion) {
-    let engine = PluginEngine::new(RuntimeLimits::default()).expect("engine");
+    // Calls are async and run on the engine's plugin threads; the benchmark
+    // drives them from a runtime of its own, as the pipelines do.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let engine = PluginEngine::new(RuntimeSettings::default()).expect("engine");
+    let limits = engine.limits().defaults;
 
-    let compiled = engine
-        .compile(PluginRole::Filter, &wasm("field_match"))
+    let compiled = runtime
+        .block_on(engine.compile(PluginRole::Filter, wasm("field_match")))
         .expect("field_match compiles");
-    let mut filter = PluginInstance::new(
-        &engine,
-        &compiled,
-        config(&[("field", "/customer/country"), ("equals", "FR")]),
-    )
-    .expect("field_match init");
+    let mut filter = runtime
+        .block_on(PluginInstance::new(
+            &engine,
+            &compiled,
+            config(&[("field", "/customer/country"), ("equals", "FR")]),
+            limits,
+        ))
+        .expect("field_match init");
     let mut group = c.benchmark_group("wasm-filter");
     for n in SIZES {
         let messages = batch(n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &messages, |b, m| {
-            b.iter(|| filter.filter(m).expect("filter"))
+            b.iter_batched(
+                || m.clone(),
+                |m| runtime.block_on(filter.filter(m)).expect("filter"),
+                BatchSize::SmallInput,
+            )
         });
     }
     group.finish();
 
-    let compiled = engine
-        .compile(PluginRole::Serialiser, &wasm("cloudevents"))
+    let compiled = runtime
+        .block_on(engine.compile(PluginRole::Serialiser, wasm("cloudevents")))
         .expect("cloudevents compiles");
-    let mut serialiser = PluginInstance::new(
-        &engine,
-        &compiled,
-        config(&[("source", "urn:wasmhook:bench"), ("type", "order.created")]),
-    )
-    .expect("cloudevents init");
+    let mut serialiser = runtime
+        .block_on(PluginInstance::new(
+            &engine,
+            &compiled,
+            config(&[("source", "urn:wasmhook:bench"), ("type", "order.created")]),
+            limits,
+        ))
+        .expect("cloudevents init");
     let mut group = c.benchmark_group("wasm-serialiser");
     for n in SIZES {
         let messages = batch(n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &messages, |b, m| {
-            b.iter(|| serialiser.serialise(m).expect("serialise"))
+            b.iter_batched(
+                || m.clone(),
+                |m| {
+                    runtime
+                        .block_on(serialiser.serialise(m))
+                        .expect("serialise")
+                },
+                BatchSize::SmallInput,
+            )
         });
     }
     group.finish();

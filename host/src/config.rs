@@ -1,12 +1,15 @@
 //! Configuration: command-line flags, each with an environment variable, and the
 //! plain [`Settings`] that the rest of the crate (and the tests) build from.
 //!
-//! Flags override the environment, which overrides the defaults (seed 001's model).
+//! Flags override the environment, which overrides the defaults.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::logging::LogFormat;
+use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
 
 /// Delivers Kafka messages to webhooks, with WebAssembly plugins.
 ///
@@ -99,17 +102,50 @@ pub struct Cli {
     )]
     pub smtp_from: String,
 
-    /// Longest one plugin call (one batch) may run before it is interrupted.
+    /// Default CPU time one plugin entry (instantiation, `init`, one batch)
+    /// may use; a plugin may ask for more at upload, up to --plugin-max-cpu-deadline.
     #[arg(long, env = "WASMHOOK_PLUGIN_CPU_DEADLINE", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
     pub plugin_cpu_deadline: Duration,
 
-    /// Most linear memory one plugin instance may use, in bytes.
+    /// Default wall-clock time one plugin entry may take, waiting included.
+    #[arg(long, env = "WASMHOOK_PLUGIN_WALL_DEADLINE", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub plugin_wall_deadline: Duration,
+
+    /// Default linear memory of one plugin instance, in bytes.
     #[arg(long, env = "WASMHOOK_PLUGIN_MEMORY_BYTES", default_value_t = 64 << 20, global = true)]
     pub plugin_memory: usize,
+
+    /// Most CPU time per entry a plugin may ask for at upload.
+    #[arg(long, env = "WASMHOOK_PLUGIN_MAX_CPU_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub plugin_max_cpu_deadline: Duration,
+
+    /// Most wall-clock time per entry a plugin may ask for at upload.
+    #[arg(long, env = "WASMHOOK_PLUGIN_MAX_WALL_DEADLINE", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub plugin_max_wall_deadline: Duration,
+
+    /// Most memory per instance a plugin may ask for at upload, in bytes.
+    #[arg(long, env = "WASMHOOK_PLUGIN_MAX_MEMORY_BYTES", default_value_t = 1 << 30, global = true)]
+    pub plugin_max_memory: usize,
+
+    /// Threads that run plugin code (default: one per core).
+    #[arg(long, env = "WASMHOOK_PLUGIN_THREADS", default_value_t = crate::plugin::default_threads(), global = true)]
+    pub plugin_threads: usize,
+
+    /// Most machine code of compiled plugins kept in memory, in bytes.
+    #[arg(long, env = "WASMHOOK_PLUGIN_CACHE_BYTES", default_value_t = 512 << 20, global = true)]
+    pub plugin_cache_bytes: usize,
+
+    /// Longest a plugin's compilation may take.
+    #[arg(long, env = "WASMHOOK_PLUGIN_COMPILE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration, global = true)]
+    pub plugin_compile_timeout: Duration,
 
     /// Largest plugin upload (`POST /1/Plugin`) the API accepts, in bytes.
     #[arg(long, env = "WASMHOOK_MAX_PLUGIN_BYTES", default_value_t = 32 << 20, global = true)]
     pub max_plugin_bytes: usize,
+
+    /// Log lines as text (coloured only on a terminal) or as JSON, one object per line.
+    #[arg(long, env = "WASMHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 
     /// Fewest time between two alert emails about one subscription.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
@@ -167,23 +203,7 @@ pub struct DeliverySettings {
     pub alert_interval: Duration,
     /// Plugin settings live here rather than in [`Settings`] because this
     /// struct has a `Default`, which the tests and the load test build on.
-    pub plugins: PluginSettings,
-}
-
-/// Limits of the plugin runtime and of plugin uploads.
-#[derive(Debug, Clone, Copy)]
-pub struct PluginSettings {
-    pub limits: crate::plugin::RuntimeLimits,
-    pub max_upload_bytes: usize,
-}
-
-impl Default for PluginSettings {
-    fn default() -> Self {
-        Self {
-            limits: crate::plugin::RuntimeLimits::default(),
-            max_upload_bytes: 32 << 20,
-        }
-    }
+    pub plugins: RuntimeSettings,
 }
 
 impl Default for DeliverySettings {
@@ -198,7 +218,7 @@ impl Default for DeliverySettings {
             reconcile_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             alert_interval: Duration::from_secs(15 * 60),
-            plugins: PluginSettings::default(),
+            plugins: RuntimeSettings::default(),
         }
     }
 }
@@ -228,12 +248,23 @@ impl Cli {
                 reconcile_interval: self.reconcile_interval,
                 shutdown_grace: self.shutdown_grace,
                 alert_interval: self.alert_interval,
-                plugins: PluginSettings {
-                    limits: crate::plugin::RuntimeLimits {
-                        cpu_deadline: self.plugin_cpu_deadline,
-                        memory_bytes: self.plugin_memory,
+                plugins: RuntimeSettings {
+                    limits: HostLimits {
+                        defaults: PluginLimits {
+                            memory_bytes: self.plugin_memory,
+                            cpu_deadline: self.plugin_cpu_deadline,
+                            wall_deadline: self.plugin_wall_deadline,
+                        },
+                        maxima: PluginLimits {
+                            memory_bytes: self.plugin_max_memory,
+                            cpu_deadline: self.plugin_max_cpu_deadline,
+                            wall_deadline: self.plugin_max_wall_deadline,
+                        },
                     },
-                    max_upload_bytes: self.max_plugin_bytes,
+                    threads: self.plugin_threads,
+                    cache_bytes: self.plugin_cache_bytes,
+                    compile_timeout: self.plugin_compile_timeout,
+                    max_component_bytes: self.max_plugin_bytes,
                 },
             },
             smtp: self.smtp_host.as_ref().map(|host| SmtpSettings {
@@ -258,6 +289,15 @@ mod tests {
     }
 
     #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let cli = Cli::try_parse_from(["wasmhook", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["wasmhook", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
     fn flags_parse_durations() {
         let cli =
             Cli::try_parse_from(["wasmhook", "--retry-base-delay", "250ms", "serve"]).unwrap();
@@ -265,12 +305,20 @@ mod tests {
     }
 
     #[test]
-    fn plugin_limits_default_to_100ms_64mib_and_32mib_uploads() {
+    fn plugin_limits_default_to_100ms_1s_64mib_and_32mib_uploads() {
         let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
         let plugins = cli.settings("b".into()).delivery.plugins;
-        assert_eq!(plugins.limits.cpu_deadline, Duration::from_millis(100));
-        assert_eq!(plugins.limits.memory_bytes, 64 << 20);
-        assert_eq!(plugins.max_upload_bytes, 32 << 20);
+        assert_eq!(plugins.limits, HostLimits::default());
+        assert_eq!(
+            plugins.limits.defaults.cpu_deadline,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            plugins.limits.defaults.wall_deadline,
+            Duration::from_secs(1)
+        );
+        assert_eq!(plugins.limits.defaults.memory_bytes, 64 << 20);
+        assert_eq!(plugins.max_component_bytes, 32 << 20);
         let cli = Cli::try_parse_from(["wasmhook", "--plugin-cpu-deadline", "2s"]).unwrap();
         assert_eq!(cli.plugin_cpu_deadline, Duration::from_secs(2));
     }

@@ -17,13 +17,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    wasmhook::logging::init(cli.log_format);
 
     if let Some(Command::Migrate) = cli.command {
         Registry::open(&cli.database_url).await?;

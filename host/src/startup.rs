@@ -38,8 +38,8 @@ impl Application {
             })?;
         // One engine for the API (compiling uploads) and every pipeline, so a
         // component compiled at upload is reused from the cache by sha256.
-        let engine = PluginEngine::new(settings.delivery.plugins.limits)
-            .context("starting the plugin runtime")?;
+        let engine =
+            PluginEngine::new(settings.delivery.plugins).context("starting the plugin runtime")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;
@@ -49,7 +49,7 @@ impl Application {
                 registry,
                 changes: Arc::new(Notify::new()),
                 engine,
-                max_plugin_bytes: settings.delivery.plugins.max_upload_bytes,
+                max_plugin_bytes: settings.delivery.plugins.max_component_bytes,
             },
             settings,
         })

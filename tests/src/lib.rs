@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - [`loadtest`]: seed 000's load-test harness made real — generate rows spread
+//! - [`loadtest`]: the load-test harness — generate rows spread
 //!   over a duration across topics, publish them on schedule, run (or target) a
 //!   wasmhook with one subscription per topic, receive into SQLite, inject faults
 //!   on schedule, and report loss, duplicates, latency and throughput.

@@ -1,4 +1,4 @@
-//! The REST API of seed 000 and what users expect around it.
+//! The REST API: subscriptions, their status, the admin switch, plugins.
 //!
 //! Routes: `/1/Subscription` (create, list), `/1/Subscription/{id}` (get, replace,
 //! delete), `/1/Subscription/{id}/Status`, `/1/EventNotificationAdmin` (get, set),
@@ -75,7 +75,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
 }
 
-/// Liveness, as seed 001 defines it: 200 and the body `OK`.
+/// Liveness: 200 and the body `OK`.
 async fn healthz() -> &'static str {
     "OK"
 }

@@ -1,10 +1,11 @@
 //! `/1/Plugin` handlers: upload (validated by compiling), list, get, delete.
 //!
 //! An upload is `multipart/form-data` with the fields `name`, `version`,
-//! `role` and `wasm`, or the raw component as the body with
-//! `?name=&version=&role=`. It is compiled once, on a blocking thread, and
-//! checked against its role's world before it is stored; the compiled
-//! artefact stays in the engine's cache for the pipelines.
+//! `role` and `wasm` (and optionally the limits `memory_bytes`,
+//! `cpu_deadline_ms`, `wall_deadline_ms`), or the raw component as the body
+//! with the same fields in the query. It is compiled once and checked against
+//! its role's world before it is stored; once stored, the compiled artefact
+//! goes to the engine's cache for the pipelines.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -17,17 +18,26 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::json::BodyLimit;
 use crate::api::ApiError;
-use crate::domain::{FieldError, PluginName, PluginVersion, ValidationErrors};
-use crate::plugin::{PluginError, PluginRole};
+use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};
+use crate::plugin::limits::LIMIT_FIELDS;
+use crate::plugin::{HostLimits, PluginError, RequestedLimits};
 use crate::registry::StoredPlugin;
 
-fn plugin_body(plugin: &StoredPlugin) -> Value {
+/// A plugin as responses show it: `limits` are those its instances run
+/// under (what it asked for at upload, or this host's defaults).
+fn plugin_body(plugin: &StoredPlugin, host: &HostLimits) -> Value {
+    let limits = host.resolve(plugin.limits);
     json!({
         "name": plugin.name,
         "version": plugin.version,
         "role": plugin.role.as_str(),
         "sha256": plugin.sha256,
         "size": plugin.size,
+        "limits": {
+            "memory_bytes": limits.memory_bytes,
+            "cpu_deadline_ms": limits.cpu_deadline.as_millis() as u64,
+            "wall_deadline_ms": limits.wall_deadline.as_millis() as u64,
+        },
         "created_at": plugin.created_at,
     })
 }
@@ -38,14 +48,20 @@ pub(super) struct UploadQuery {
     name: Option<String>,
     version: Option<String>,
     role: Option<String>,
+    memory_bytes: Option<String>,
+    cpu_deadline_ms: Option<String>,
+    wall_deadline_ms: Option<String>,
 }
 
-/// The four parts of an upload, as received.
+/// The parts of an upload, as received.
 #[derive(Default)]
 struct Upload {
     name: Option<String>,
     version: Option<String>,
     role: Option<String>,
+    memory_bytes: Option<String>,
+    cpu_deadline_ms: Option<String>,
+    wall_deadline_ms: Option<String>,
     wasm: Option<Bytes>,
 }
 
@@ -92,11 +108,17 @@ async fn read_multipart(request: Request, state: &AppState) -> Result<Upload, Ap
             "name" => upload.name = Some(text()?),
             "version" => upload.version = Some(text()?),
             "role" => upload.role = Some(text()?),
+            "memory_bytes" => upload.memory_bytes = Some(text()?),
+            "cpu_deadline_ms" => upload.cpu_deadline_ms = Some(text()?),
+            "wall_deadline_ms" => upload.wall_deadline_ms = Some(text()?),
             "wasm" => upload.wasm = Some(bytes),
             other => {
                 return Err(ApiError::InvalidField {
                     field: other.to_string(),
-                    message: "is not a field of a plugin upload (name, version, role, wasm)".into(),
+                    message: format!(
+                        "is not a field of a plugin upload (name, version, role, wasm, {})",
+                        LIMIT_FIELDS.join(", ")
+                    ),
                 });
             }
         }
@@ -137,6 +159,9 @@ pub(super) async fn upload(
             name: query.name,
             version: query.version,
             role: query.role,
+            memory_bytes: query.memory_bytes,
+            cpu_deadline_ms: query.cpu_deadline_ms,
+            wall_deadline_ms: query.wall_deadline_ms,
             wasm: (!wasm.is_empty()).then_some(wasm),
         }
     };
@@ -172,7 +197,7 @@ pub(super) async fn upload(
     };
     let role = match upload.role.as_deref().map(str::parse::<PluginRole>) {
         None => {
-            field("role", "is required: filter, serialiser or policy".into());
+            field("role", format!("is required: {}", PluginRole::choices()));
             None
         }
         Some(Err(e)) => {
@@ -181,10 +206,25 @@ pub(super) async fn upload(
         }
         Some(Ok(role)) => Some(role),
     };
+    let limits = match RequestedLimits::parse(
+        upload.memory_bytes.as_deref(),
+        upload.cpu_deadline_ms.as_deref(),
+        upload.wall_deadline_ms.as_deref(),
+        state.engine.limits(),
+    ) {
+        Ok(limits) => Some(limits),
+        Err(bad) => {
+            for (name, message) in bad {
+                field(name, message);
+            }
+            None
+        }
+    };
     if upload.wasm.is_none() {
         field("wasm", "is required: the component's bytes".into());
     }
-    let (Some(name), Some(version), Some(role), Some(wasm)) = (name, version, role, upload.wasm)
+    let (Some(name), Some(version), Some(role), Some(limits), Some(wasm)) =
+        (name, version, role, limits, upload.wasm)
     else {
         return Err(ApiError::Validation(ValidationErrors(errors)));
     };
@@ -202,15 +242,11 @@ pub(super) async fn upload(
         )));
     }
 
-    let engine = state.engine.clone();
-    let (wasm, compiled) = tokio::task::spawn_blocking(move || {
-        let compiled = engine.compile(role, &wasm);
-        (wasm, compiled)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("the compile task failed: {e}")))?;
-    let compiled = compiled.map_err(|error| rejected(role, error))?;
-
+    let compiled = state
+        .engine
+        .compile(role, wasm.to_vec())
+        .await
+        .map_err(|error| rejected(role, error))?;
     let stored = state
         .registry
         .insert_plugin(
@@ -218,19 +254,28 @@ pub(super) async fn upload(
             version.as_str(),
             role,
             compiled.sha256(),
+            limits,
             &wasm,
         )
         .await?;
+    // Stored: from now on its compiled code may be kept for the pipelines.
+    state.engine.remember(&compiled);
     tracing::info!(plugin = %name, version = %version, role = %role, sha256 = %stored.sha256, size = stored.size, "Plugin uploaded.");
-    Ok((StatusCode::CREATED, Json(plugin_body(&stored))))
+    Ok((
+        StatusCode::CREATED,
+        Json(plugin_body(&stored, state.engine.limits())),
+    ))
 }
 
-/// The 4xx for a component that cannot be a plugin of `role`.
+/// The answer for a component that could not be compiled as a plugin of
+/// `role`: a 4xx when it is the upload's fault.
 fn rejected(role: PluginRole, error: PluginError) -> ApiError {
     let code = match &error {
         PluginError::InvalidComponent(_) => "not_a_component",
         PluginError::WrongWorld(_) => "wrong_world",
         PluginError::ForbiddenImport(_) => "forbidden_import",
+        PluginError::CompileTimeout(_) => "compile_timeout",
+        PluginError::CompilerBusy(_) => return ApiError::Unavailable(error.to_string()),
         _ => return ApiError::Internal(format!("compiling the {role} plugin: {error}")),
     };
     ApiError::InvalidPlugin {
@@ -241,7 +286,10 @@ fn rejected(role: PluginRole, error: PluginError) -> ApiError {
 
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let all = state.registry.list_plugins().await?;
-    Ok(Json(Value::Array(all.iter().map(plugin_body).collect())))
+    let host = state.engine.limits();
+    Ok(Json(Value::Array(
+        all.iter().map(|p| plugin_body(p, host)).collect(),
+    )))
 }
 
 pub(super) async fn get(
@@ -253,7 +301,7 @@ pub(super) async fn get(
         .get_plugin(&name, &version)
         .await?
         .ok_or_else(|| not_found(&name, &version))?;
-    Ok(Json(plugin_body(&plugin)))
+    Ok(Json(plugin_body(&plugin, state.engine.limits())))
 }
 
 fn not_found(name: &str, version: &str) -> ApiError {

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use super::json::ApiJson;
 use super::{AppState, parse_id};
 use crate::api::ApiError;
-use crate::delivery::plugins::{LoadError, instantiate};
 use crate::domain::{FieldError, SubscriptionRequest, SubscriptionSpec, ValidationErrors};
 use crate::plugin::PluginError;
+use crate::plugin::loader::{AttachmentError, instantiate};
 use crate::registry::{Activity, ActivityEntry, Health, PlatformStatus, StoredSubscription};
 use crate::signing::SigningSecret;
 
@@ -60,15 +60,30 @@ pub(super) async fn create(
 }
 
 /// Checks that every attached plugin is uploaded, has the role it is attached
-/// as, and accepts its configuration (its `init` is run once, in a throwaway
-/// instance), reporting every failure with the field path that attaches it.
+/// as, starts within its limits and accepts its configuration (its `init` is
+/// run once, in a throwaway instance), reporting every failure with the field
+/// path that attaches it. The plugins are tried at once, so the answer takes
+/// as long as the slowest, which its wall-clock deadline bounds.
 async fn check_plugins(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+    let attached = spec.plugins();
+    let tries = attached.iter().map(|(_, role, attachment)| {
+        instantiate(&state.registry, &state.engine, attachment, *role)
+    });
+    let outcomes = futures::future::join_all(tries).await;
     let mut errors = Vec::new();
-    for (field, role, attachment) in spec.plugins() {
-        let error = match instantiate(&state.registry, &state.engine, attachment, role).await {
+    for ((field, _, attachment), outcome) in attached.into_iter().zip(outcomes) {
+        let error = match outcome {
             Ok(_) => continue,
-            Err(LoadError::Registry(e)) => return Err(e.into()),
-            Err(LoadError::Plugin {
+            Err(AttachmentError::Registry(e)) => return Err(e.into()),
+            Err(AttachmentError::Plugin {
+                source: PluginError::CompilerBusy(_),
+                plugin,
+            }) => {
+                return Err(ApiError::Unavailable(format!(
+                    "{field}: plugin {plugin} could not be compiled now: the compiler is busy; try again"
+                )));
+            }
+            Err(AttachmentError::Plugin {
                 source: PluginError::Config(reason),
                 ..
             }) => FieldError {
@@ -158,7 +173,7 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The status the seed defines: inactive when switched off (by the subscription
+/// The status the API shows: inactive when switched off (by the subscription
 /// or the platform), else the health the delivery engine recorded.
 pub(super) fn shown_status(stored: &StoredSubscription, platform: PlatformStatus) -> &'static str {
     if !stored.spec.active.is_active() || platform == PlatformStatus::Offline {
@@ -203,6 +218,7 @@ pub(super) async fn status(
         "payload_url": stored.spec.destination.webhook.url.as_str(),
         "timestamp": stored.status_changed_at,
         "status": shown_status(&stored, admin.status),
+        "status_reason": stored.status_reason,
         "recent_activity": activity.iter().map(activity_body).collect::<Vec<_>>(),
         "counts": stored.counts,
         "dead_letter_topic": crate::delivery::dead_letter::topic_for(stored.id),

@@ -1,10 +1,12 @@
 //! One subscription's pipeline: consume, filter, batch, run the plugins,
 //! deliver, commit.
 //!
-//! Filter and policy plugins run on each flushed batch, before it is sent;
-//! what they remove or deny is a final outcome, committed with the batch. A
-//! batch whose filter plugin failed goes to the dead letter; a serialiser
-//! plugin that fails fails the attempt, which is retried like a failed request.
+//! Plugins run on each flushed batch, as part of each delivery attempt until
+//! one succeeds in preparing it; what a filter removes or a policy denies is
+//! a final outcome, committed with the batch. A plugin that fails (traps,
+//! overruns, errs, cannot start) fails the attempt, which is retried like a
+//! failed request and finally dead-lettered with the reason; a plugin that
+//! keeps failing turns the subscription unhealthy.
 //!
 //! The loop is sequential on purpose: one batch in flight per subscription keeps
 //! order per partition, and offsets are committed only after the batch they
@@ -62,12 +64,6 @@ pub enum PipelineError {
     Subscribe(#[source] KafkaError),
     #[error("the stored signing secret is unusable: {0}")]
     Secret(String),
-    #[error("{field}: {source}")]
-    Plugin {
-        field: String,
-        #[source]
-        source: super::plugins::LoadError,
-    },
 }
 
 /// Counts rebalances, so the loop can tell that the batch it holds may contain
@@ -106,8 +102,8 @@ enum Retry {
 
 /// How a batch ended.
 enum Ending {
-    /// Delivered or dead-lettered: its offsets may be committed.
-    Final,
+    /// A final outcome for every message: its offsets may be committed.
+    Final(Counts),
     /// Stopped before a final outcome: nothing may be committed.
     Abandoned,
 }
@@ -120,6 +116,8 @@ pub struct Pipeline {
     schedule: RetrySchedule,
     limiter: Option<DefaultDirectRateLimiter>,
     shared: Arc<Shared>,
+    /// Why it is unhealthy, as last recorded by this pipeline.
+    reason: Option<String>,
     /// Final positions whose commit failed; sent again with the next commit.
     uncommitted: Positions,
 }
@@ -141,6 +139,7 @@ impl Pipeline {
                 secret,
             },
             health: stored.health,
+            reason: stored.status_reason.clone(),
             schedule: RetrySchedule::new(&spec.configuration.retry, &shared.settings),
             limiter,
             spec,
@@ -181,29 +180,25 @@ impl Pipeline {
     }
 
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
-        // Plugins first: a subscription whose plugin cannot start must not
-        // join the group and hold partitions it cannot deliver.
-        let mut plugins = match PluginStages::build(
+        let mut plugins = PluginStages::new(
             self.id,
             &self.spec,
             &self.shared.registry,
             &self.shared.engine,
-        )
-        .await
-        {
-            Ok(plugins) => plugins,
-            Err((field, source)) => {
-                let error = PipelineError::Plugin { field, source };
-                self.set_health(
-                    Health::Unhealthy,
-                    Transition::Unhealthy {
-                        reason: error.to_string(),
-                    },
-                )
-                .await;
-                return Err(error);
-            }
-        };
+        );
+        // A plugin that cannot start does not stop the pipeline: its batches
+        // fail their attempts (retried, then dead-lettered), and its circuit
+        // breaker keeps it from being rebuilt for every one of them.
+        for failure in plugins.warm().await {
+            tracing::warn!(subscription = %self.id, reason = %failure.reason, "Plugin could not start; its batches will fail until it does.");
+            self.set_health(
+                Health::Unhealthy,
+                Transition::Unhealthy {
+                    reason: failure.reason,
+                },
+            )
+            .await;
+        }
         let consumer = self.consumer()?;
         tracing::info!(subscription = %self.id, topics = ?self.spec.topics(), "Pipeline started.");
         let filters = SourceFilters::new(&self.spec);
@@ -278,30 +273,14 @@ impl Pipeline {
             filtered: flush.filtered as i64,
             ..Counts::default()
         };
-        let mut records = flush.records;
-        if plugins.screens() && !records.is_empty() {
-            let screened = plugins.screen(records).await;
-            counts.filtered += screened.filtered as i64;
-            counts.denied += screened.denied as i64;
-            for (failed, reason) in &screened.failed {
-                let delivery_id = record::delivery_id(failed);
-                if !self.dead_letter(failed, &delivery_id, reason, stop).await {
-                    return None;
-                }
-                counts.dead_lettered += failed.len() as i64;
-            }
-            records = screened.kept;
-        }
-        if !records.is_empty() {
-            match self.deliver(&records, plugins, stop).await {
-                (Ending::Abandoned, _) => return None,
-                (Ending::Final, delivered) => {
-                    let n = records.len() as i64;
-                    if delivered {
-                        counts.delivered = n;
-                    } else {
-                        counts.dead_lettered = n;
-                    }
+        if !flush.records.is_empty() {
+            match self.deliver(&flush.records, plugins, stop).await {
+                Ending::Abandoned => return None,
+                Ending::Final(outcome) => {
+                    counts.delivered += outcome.delivered;
+                    counts.filtered += outcome.filtered;
+                    counts.denied += outcome.denied;
+                    counts.dead_lettered += outcome.dead_lettered;
                 }
             }
         }
@@ -311,64 +290,72 @@ impl Pipeline {
         Some(flush.positions)
     }
 
-    /// Sends a batch until delivered, retrying per the schedule, then dead-letters
-    /// it. The bool is true when delivered, false when dead-lettered.
+    /// Attempts a batch until it reaches a final outcome: each attempt runs
+    /// the plugins (until they once succeed: their answer is kept across
+    /// retries) and sends what they kept; failures are retried per the
+    /// schedule, then the batch is dead-lettered.
     async fn deliver(
         &mut self,
         records: &[Record],
         plugins: &mut PluginStages,
         stop: &CancellationToken,
-    ) -> (Ending, bool) {
-        let delivery_id = record::delivery_id(records);
-        // With a serialiser plugin the body is made on the first attempt, and
-        // again on the next one if that failed; then kept across retries.
-        let mut body: Option<(bytes::Bytes, String)> = (!plugins.has_serialiser()).then(|| {
-            (
-                bytes::Bytes::from(record::json_body(records)),
-                record::JSON_CONTENT_TYPE.to_string(),
-            )
-        });
+    ) -> Ending {
         let mut retry = 0;
+        let mut prepared = None;
         loop {
             if stop.is_cancelled() {
-                return (Ending::Abandoned, false);
+                return Ending::Abandoned;
             }
-            if body.is_none() {
-                match plugins.serialise(records).await {
-                    Some(Ok(out)) => body = Some((bytes::Bytes::from(out.body), out.content_type)),
-                    Some(Err(reason)) => {
+            let ready = match prepared.take() {
+                Some(ready) => ready,
+                None => match plugins.prepare(records).await {
+                    Ok(ready) => ready,
+                    Err(failure) => {
+                        if let Some(why) = failure.suspended {
+                            self.set_health(
+                                Health::Unhealthy,
+                                Transition::Unhealthy { reason: why },
+                            )
+                            .await;
+                        }
+                        let delivery_id = record::delivery_id(records);
                         match self
-                            .wait_to_retry(&mut retry, &delivery_id, reason, None, stop)
+                            .wait_to_retry(&mut retry, &delivery_id, failure.reason, None, stop)
                             .await
                         {
                             Retry::Again => continue,
-                            Retry::Stopped => return (Ending::Abandoned, false),
+                            Retry::Stopped => return Ending::Abandoned,
                             Retry::Exhausted(reason) => {
                                 return self.give_up(records, &delivery_id, &reason, stop).await;
                             }
                         }
                     }
-                    None => {
-                        body = Some((
-                            bytes::Bytes::from(record::json_body(records)),
-                            record::JSON_CONTENT_TYPE.to_string(),
-                        ))
-                    }
-                }
-            }
-            let Some((payload, content_type)) = &body else {
-                continue;
+                },
             };
+            let mut outcome = Counts {
+                filtered: ready.filtered as i64,
+                denied: ready.denied as i64,
+                ..Counts::default()
+            };
+            if ready.kept.is_empty() {
+                return Ending::Final(outcome);
+            }
+            let delivery_id = record::delivery_id(&ready.kept);
             if let Some(limiter) = &self.limiter {
                 tokio::select! {
-                    _ = stop.cancelled() => return (Ending::Abandoned, false),
+                    _ = stop.cancelled() => return Ending::Abandoned,
                     _ = limiter.until_ready() => {}
                 }
             }
             let attempt = self
                 .shared
                 .sender
-                .send(&self.target, &delivery_id, content_type, payload.clone())
+                .send(
+                    &self.target,
+                    &delivery_id,
+                    &ready.content_type,
+                    ready.body.clone(),
+                )
                 .await;
             if let Err(error) = self
                 .shared
@@ -380,10 +367,11 @@ impl Pipeline {
             }
             let (reason, retry_after) = match attempt.outcome {
                 Outcome::Delivered => {
-                    tracing::debug!(subscription = %self.id, delivery = %delivery_id, messages = records.len(), "Batch delivered.");
+                    tracing::debug!(subscription = %self.id, delivery = %delivery_id, messages = ready.kept.len(), "Batch delivered.");
                     self.set_health(Health::Healthy, Transition::Recovered)
                         .await;
-                    return (Ending::Final, true);
+                    outcome.delivered = ready.kept.len() as i64;
+                    return Ending::Final(outcome);
                 }
                 Outcome::Failed {
                     reason,
@@ -394,10 +382,16 @@ impl Pipeline {
                 .wait_to_retry(&mut retry, &delivery_id, reason, retry_after, stop)
                 .await
             {
-                Retry::Again => {}
-                Retry::Stopped => return (Ending::Abandoned, false),
+                Retry::Again => prepared = Some(ready),
+                Retry::Stopped => return Ending::Abandoned,
                 Retry::Exhausted(reason) => {
-                    return self.give_up(records, &delivery_id, &reason, stop).await;
+                    return match self.give_up(&ready.kept, &delivery_id, &reason, stop).await {
+                        Ending::Final(dead) => {
+                            outcome.dead_lettered = dead.dead_lettered;
+                            Ending::Final(outcome)
+                        }
+                        Ending::Abandoned => Ending::Abandoned,
+                    };
                 }
             }
         }
@@ -427,16 +421,20 @@ impl Pipeline {
         }
     }
 
+    /// Dead-letters `records`: final unless stopped first.
     async fn give_up(
         &mut self,
         records: &[Record],
         delivery_id: &str,
         reason: &str,
         stop: &CancellationToken,
-    ) -> (Ending, bool) {
+    ) -> Ending {
         match self.dead_letter(records, delivery_id, reason, stop).await {
-            true => (Ending::Final, false),
-            false => (Ending::Abandoned, false),
+            true => Ending::Final(Counts {
+                dead_lettered: records.len() as i64,
+                ..Counts::default()
+            }),
+            false => Ending::Abandoned,
         }
     }
 
@@ -495,13 +493,24 @@ impl Pipeline {
         true
     }
 
-    /// Records a health transition once (across hosts) and alerts on it.
+    /// Records a health transition once (across hosts) and alerts on it; a
+    /// new reason for being unhealthy is recorded without a new alert.
     async fn set_health(&mut self, health: Health, transition: Transition) {
-        if self.health == health {
+        let reason = match &transition {
+            Transition::Unhealthy { reason } => Some(reason.as_str()),
+            Transition::Recovered => None,
+        };
+        if self.health == health && self.reason.as_deref() == reason {
             return;
         }
         self.health = health;
-        match self.shared.registry.set_health(self.id, health).await {
+        self.reason = reason.map(str::to_string);
+        match self
+            .shared
+            .registry
+            .set_health(self.id, health, reason)
+            .await
+        {
             Ok(true) => {
                 alert(&self.shared.alerter, self.id, &self.spec, &transition).await;
             }

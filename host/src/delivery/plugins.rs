@@ -1,172 +1,118 @@
 //! The plugin stages of a pipeline: filter and policy plugins per source
-//! topic, and the serialiser plugin, each a [`PluginInstance`] owned by the
-//! pipeline and called once per batch on tokio's blocking pool.
+//! topic, then the serialiser plugin (or the built-in JSON body). Together
+//! they prepare one delivery attempt: which messages go, and the body.
 //!
-//! This module turns plugin results and failures into outcomes per message;
-//! it does not send, retry or commit (the pipeline does). The outcomes
-//! (issue 4): a filter that fails sends its messages to the dead letter; a
-//! policy that fails denies every message of its batch (fail closed); a
-//! serialiser that fails fails the delivery attempt, which is retried.
+//! Each attached plugin is a [`PluginInstance`] owned by the pipeline,
+//! loaded on first use and kept across batches. This module turns plugin
+//! answers into outcomes per message: a filter's `false` (filtered) and a
+//! policy's deny (denied) are final; a redaction replaces the value. Any
+//! plugin failure — a trap, an overrun, an error value, a plugin that cannot
+//! be loaded or is suspended — fails the whole attempt, which the pipeline
+//! retries and finally dead-letters: nothing is dropped because a plugin
+//! broke or the host was slow. It does not send, retry or commit.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use uuid::Uuid;
 
-use super::record::Record;
-use crate::domain::{PluginAttachment, SubscriptionSpec};
+use super::record::{self, Record};
+use crate::domain::{PluginAttachment, PluginRole, SubscriptionSpec};
+use crate::plugin::loader::{self, AttachmentError};
 use crate::plugin::{
-    CompiledPlugin, Decision, Message, PluginEngine, PluginError, PluginInstance, PluginRole,
-    Serialised, SubscriberContext,
+    Decision, Message, PluginEngine, PluginError, PluginInstance, SubscriberContext,
 };
-use crate::registry::{Registry, RegistryError};
+use crate::registry::Registry;
 
-/// Why an attached plugin could not be made ready.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("no plugin {0} is uploaded; upload it with POST /1/Plugin")]
-    Missing(String),
-    #[error("plugin {plugin} is a {actual} plugin, not a {expected}")]
-    WrongRole {
-        plugin: String,
-        actual: PluginRole,
-        expected: PluginRole,
-    },
-    #[error("plugin {plugin}: {source}")]
-    Plugin {
-        plugin: String,
-        #[source]
-        source: PluginError,
-    },
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-}
-
-/// Finds an attached plugin in the registry and compiles it (or takes it from
-/// the engine's cache by sha256), checking it has the role it is attached as.
-pub async fn load(
-    registry: &Registry,
-    engine: &PluginEngine,
-    attachment: &PluginAttachment,
-    role: PluginRole,
-) -> Result<CompiledPlugin, LoadError> {
-    let (name, version) = (attachment.name.as_str(), attachment.version.as_str());
-    let plugin = attachment.to_string();
-    let stored = registry
-        .get_plugin(name, version)
-        .await?
-        .ok_or_else(|| LoadError::Missing(plugin.clone()))?;
-    if stored.role != role {
-        return Err(LoadError::WrongRole {
-            plugin,
-            actual: stored.role,
-            expected: role,
-        });
-    }
-    let compiled = match engine.compiled(role, &stored.sha256) {
-        Some(compiled) => compiled,
-        None => {
-            let (_, wasm) = registry
-                .plugin_with_wasm(name, version)
-                .await?
-                .ok_or_else(|| LoadError::Missing(plugin.clone()))?;
-            engine.compile_async(role, wasm).await
-        }
-    };
-    compiled.map_err(|source| LoadError::Plugin { plugin, source })
-}
-
-/// Loads an attached plugin and instantiates it with its configuration
-/// (which runs its `init`), on the blocking pool.
-pub async fn instantiate(
-    registry: &Registry,
-    engine: &PluginEngine,
-    attachment: &PluginAttachment,
-    role: PluginRole,
-) -> Result<PluginInstance, LoadError> {
-    let compiled = load(registry, engine, attachment, role).await?;
-    let engine = engine.clone();
-    let config = attachment.config.pairs().to_vec();
-    let plugin = attachment.to_string();
-    tokio::task::spawn_blocking(move || PluginInstance::new(&engine, &compiled, config))
-        .await
-        .map_err(|e| PluginError::Runtime(format!("instantiation task failed: {e}")))
-        .and_then(|r| r)
-        .map_err(|source| LoadError::Plugin { plugin, source })
-}
-
-/// One attached plugin's instance, moved to a blocking thread for each call.
+/// One attached plugin of the pipeline.
 struct Slot {
-    /// `name@version`, for logs and dead-letter reasons.
-    label: String,
-    /// `None` only if a call's blocking task itself died (not on a trap: the
-    /// instance rebuilds itself after those); the next call makes a new one.
+    /// The field that attaches it, e.g. `source[0].filter_plugin`.
+    field: String,
+    role: PluginRole,
+    attachment: PluginAttachment,
+    /// Loaded on first use; kept (and rebuilt by itself) afterwards.
     instance: Option<PluginInstance>,
-    engine: PluginEngine,
-    compiled: CompiledPlugin,
-    config: Vec<(String, String)>,
 }
 
 impl Slot {
-    fn new(attachment: &PluginAttachment, instance: PluginInstance, engine: &PluginEngine) -> Self {
-        Slot {
-            label: attachment.to_string(),
-            compiled: instance.compiled().clone(),
-            instance: Some(instance),
-            engine: engine.clone(),
-            config: attachment.config.pairs().to_vec(),
-        }
+    /// "filter plugin field-match@1.0.0 (source[0].filter_plugin)".
+    fn label(&self) -> String {
+        format!("{} plugin {} ({})", self.role, self.attachment, self.field)
     }
 
-    async fn call<R: Send + 'static>(
+    async fn instance(
         &mut self,
-        f: impl FnOnce(&mut PluginInstance) -> Result<R, PluginError> + Send + 'static,
-    ) -> Result<R, PluginError> {
-        let instance = self.instance.take();
-        let (engine, config) = (self.engine.clone(), self.config.clone());
-        let compiled = self.compiled.clone();
-        // The call blocks for up to the CPU deadline: never on an async worker.
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut instance = match instance {
-                Some(instance) => instance,
-                None => match PluginInstance::new(&engine, &compiled, config) {
-                    Ok(instance) => instance,
-                    Err(error) => return (None, Err(error)),
-                },
-            };
-            let result = f(&mut instance);
-            (Some(instance), result)
-        })
-        .await;
-        match joined {
-            Ok((instance, result)) => {
-                self.instance = instance;
-                result
-            }
-            Err(e) => Err(PluginError::Runtime(format!(
-                "plugin call task failed: {e}"
-            ))),
+        registry: &Registry,
+        engine: &PluginEngine,
+    ) -> Result<&mut PluginInstance, AttachmentError> {
+        let instance = match self.instance.take() {
+            Some(instance) => instance,
+            None => loader::load(registry, engine, &self.attachment, self.role)
+                .await?
+                .deferred(engine, &self.attachment),
+        };
+        Ok(self.instance.insert(instance))
+    }
+
+    /// Runs `call` on the instance (loading it first if needed); a failure
+    /// says which plugin failed and whether it keeps failing.
+    async fn run<T>(
+        &mut self,
+        registry: &Registry,
+        engine: &PluginEngine,
+        call: impl AsyncFnOnce(&mut PluginInstance) -> Result<T, PluginError>,
+    ) -> Result<T, StageFailure> {
+        let result = match self.instance(registry, engine).await {
+            Ok(instance) => call(instance).await.map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        result.map_err(|error| self.failure(&error))
+    }
+
+    /// Why this plugin fails the attempt, and whether it keeps failing.
+    fn failure(&self, error: &dyn std::fmt::Display) -> StageFailure {
+        StageFailure {
+            reason: format!("{} failed: {error}", self.label()),
+            suspended: self
+                .instance
+                .as_ref()
+                .and_then(PluginInstance::suspension)
+                .map(|why| format!("{} keeps failing: {why}", self.label())),
         }
     }
 }
 
-/// What the filter and policy plugins made of a batch.
-#[derive(Debug, Default)]
-pub struct Screened {
+/// Why an attempt could not be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageFailure {
+    /// Names the plugin, the field attaching it, and what went wrong.
+    pub reason: String,
+    /// Set when the plugin is suspended by its circuit breaker: it keeps
+    /// failing, which makes the subscription unhealthy.
+    pub suspended: Option<String>,
+}
+
+/// One attempt, ready to send.
+#[derive(Debug)]
+pub struct Prepared<'a> {
     /// Messages to deliver, in batch order, redacted where a policy said so.
-    pub kept: Vec<Record>,
+    pub kept: Cow<'a, [Record]>,
     /// Removed by a filter plugin.
     pub filtered: usize,
-    /// Refused by a policy plugin, or by a failing one.
+    /// Refused by a policy plugin.
     pub denied: usize,
-    /// Messages whose filter plugin failed, with the reason: they go to the
-    /// dead letter.
-    pub failed: Vec<(Vec<Record>, String)>,
+    /// The request body and its content type (empty when nothing is kept).
+    pub body: Bytes,
+    pub content_type: String,
 }
 
 /// The plugins of one pipeline.
 pub struct PluginStages {
     subscription: Uuid,
     subscription_name: String,
+    registry: Registry,
+    engine: PluginEngine,
     filters: HashMap<String, Slot>,
     policies: HashMap<String, Slot>,
     serialiser: Option<Slot>,
@@ -176,154 +122,200 @@ enum Fate {
     Keep,
     Filtered,
     Denied,
-    Failed(usize),
 }
 
 impl PluginStages {
-    /// Instantiates every plugin the subscription attaches; the first that
-    /// cannot be made ready is returned with the field that attaches it.
-    pub async fn build(
+    /// The stages of a subscription; nothing is loaded yet.
+    pub fn new(
         id: Uuid,
         spec: &SubscriptionSpec,
         registry: &Registry,
         engine: &PluginEngine,
-    ) -> Result<Self, (String, LoadError)> {
+    ) -> Self {
         let mut stages = PluginStages {
             subscription: id,
             subscription_name: spec.name.as_str().to_string(),
+            registry: registry.clone(),
+            engine: engine.clone(),
             filters: HashMap::new(),
             policies: HashMap::new(),
             serialiser: None,
         };
-        let slot =
-            |attachment: &PluginAttachment, instance| Slot::new(attachment, instance, engine);
+        let slot = |field: String, role, attachment: &PluginAttachment| Slot {
+            field,
+            role,
+            attachment: attachment.clone(),
+            instance: None,
+        };
         for (i, source) in spec.source.iter().enumerate() {
-            let topic = source.topic.as_str().to_string();
+            let topic = source.topic.as_str();
             if let Some(a) = &source.filter_plugin {
-                let instance = instantiate(registry, engine, a, PluginRole::Filter)
-                    .await
-                    .map_err(|e| (format!("source[{i}].filter_plugin"), e))?;
-                stages.filters.insert(topic.clone(), slot(a, instance));
+                let field = format!("source[{i}].filter_plugin");
+                stages
+                    .filters
+                    .insert(topic.into(), slot(field, PluginRole::Filter, a));
             }
             if let Some(a) = &source.policy_plugin {
-                let instance = instantiate(registry, engine, a, PluginRole::Policy)
-                    .await
-                    .map_err(|e| (format!("source[{i}].policy_plugin"), e))?;
-                stages.policies.insert(topic, slot(a, instance));
+                let field = format!("source[{i}].policy_plugin");
+                stages
+                    .policies
+                    .insert(topic.into(), slot(field, PluginRole::Policy, a));
             }
         }
         if let Some(a) = &spec.configuration.serialiser_plugin {
-            let instance = instantiate(registry, engine, a, PluginRole::Serialiser)
-                .await
-                .map_err(|e| ("configuration.serialiser_plugin".to_string(), e))?;
-            stages.serialiser = Some(slot(a, instance));
+            let field = "configuration.serialiser_plugin".to_string();
+            stages.serialiser = Some(slot(field, PluginRole::Serialiser, a));
         }
-        Ok(stages)
+        stages
     }
 
-    /// True when a filter or policy plugin may change a batch.
-    pub fn screens(&self) -> bool {
-        !self.filters.is_empty() || !self.policies.is_empty()
+    /// Loads and instantiates every plugin now, so the first batch does not
+    /// wait for it and a plugin that cannot start shows at once. Returns the
+    /// failures; the plugins that failed are tried again with each attempt.
+    pub async fn warm(&mut self) -> Vec<StageFailure> {
+        let (registry, engine) = (self.registry.clone(), self.engine.clone());
+        let mut failures = Vec::new();
+        let slots = self
+            .filters
+            .values_mut()
+            .chain(self.policies.values_mut())
+            .chain(self.serialiser.as_mut());
+        for slot in slots {
+            let warmed = match slot.instance(&registry, &engine).await {
+                Ok(instance) => instance.warm().await.map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            if let Err(error) = warmed {
+                failures.push(slot.failure(&error));
+            }
+        }
+        failures
     }
 
-    pub fn has_serialiser(&self) -> bool {
-        self.serialiser.is_some()
+    /// Runs the plugins on a batch: per topic the filter then the policy
+    /// (one call each), then the serialiser on what is kept.
+    pub async fn prepare<'a>(
+        &mut self,
+        records: &'a [Record],
+    ) -> Result<Prepared<'a>, StageFailure> {
+        let (kept, filtered, denied) = if self.filters.is_empty() && self.policies.is_empty() {
+            (Cow::Borrowed(records), 0, 0)
+        } else {
+            self.screen(records).await?
+        };
+        if kept.is_empty() {
+            return Ok(Prepared {
+                kept,
+                filtered,
+                denied,
+                body: Bytes::new(),
+                content_type: String::new(),
+            });
+        }
+        let (body, content_type) = match self.serialiser.as_mut() {
+            None => (
+                Bytes::from(record::json_body(&kept)),
+                record::JSON_CONTENT_TYPE.to_string(),
+            ),
+            Some(slot) => {
+                let batch: Vec<Message> = kept.iter().map(message).collect();
+                let out = slot
+                    .run(&self.registry, &self.engine, async |p| {
+                        p.serialise(batch).await
+                    })
+                    .await?;
+                (Bytes::from(out.body), out.content_type)
+            }
+        };
+        Ok(Prepared {
+            kept,
+            filtered,
+            denied,
+            body,
+            content_type,
+        })
     }
 
-    /// Runs the filter, then the policy plugin of each topic on that topic's
-    /// messages (one call per topic and plugin), and sorts the batch by outcome.
-    pub async fn screen(&mut self, mut records: Vec<Record>) -> Screened {
-        let mut topics: Vec<String> = Vec::new();
-        for record in &records {
-            if !topics.contains(&record.topic) {
-                topics.push(record.topic.clone());
+    async fn screen<'a>(
+        &mut self,
+        records: &'a [Record],
+    ) -> Result<(Cow<'a, [Record]>, usize, usize), StageFailure> {
+        let mut topics: Vec<&str> = Vec::new();
+        for record in records {
+            if !topics.contains(&record.topic.as_str()) {
+                topics.push(&record.topic);
             }
         }
         let mut fates: Vec<Fate> = records.iter().map(|_| Fate::Keep).collect();
-        let mut reasons: Vec<String> = Vec::new();
+        let mut redactions: Vec<(usize, Vec<u8>)> = Vec::new();
         for topic in topics {
             let mut indices: Vec<usize> = (0..records.len())
                 .filter(|&i| records[i].topic == topic)
                 .collect();
-            if let Some(slot) = self.filters.get_mut(&topic) {
+            if let Some(slot) = self.filters.get_mut(topic) {
                 let batch: Vec<Message> = indices.iter().map(|&i| message(&records[i])).collect();
-                match slot.call(move |p| p.filter(&batch)).await {
-                    Ok(keep) => {
-                        for (&i, keep) in indices.iter().zip(&keep) {
-                            if !keep {
-                                fates[i] = Fate::Filtered;
-                            }
-                        }
-                        indices.retain(|&i| matches!(fates[i], Fate::Keep));
-                    }
-                    Err(error) => {
-                        tracing::warn!(subscription = %self.subscription, plugin = %slot.label, topic = %topic, error = %error, "Filter plugin failed; its messages go to the dead letter.");
-                        reasons.push(format!("filter plugin {} failed: {error}", slot.label));
-                        for &i in &indices {
-                            fates[i] = Fate::Failed(reasons.len() - 1);
-                        }
-                        continue;
+                let keep = slot
+                    .run(&self.registry, &self.engine, async |p| {
+                        p.filter(batch).await
+                    })
+                    .await?;
+                for (&i, keep) in indices.iter().zip(&keep) {
+                    if !keep {
+                        fates[i] = Fate::Filtered;
                     }
                 }
+                indices.retain(|&i| matches!(fates[i], Fate::Keep));
             }
             if indices.is_empty() {
                 continue;
             }
-            if let Some(slot) = self.policies.get_mut(&topic) {
+            if let Some(slot) = self.policies.get_mut(topic) {
                 let batch: Vec<Message> = indices.iter().map(|&i| message(&records[i])).collect();
                 let ctx = SubscriberContext {
                     subscription_id: self.subscription.to_string(),
                     subscription_name: self.subscription_name.clone(),
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                 };
-                match slot.call(move |p| p.authorise(&ctx, &batch)).await {
-                    Ok(decisions) => {
-                        for (&i, decision) in indices.iter().zip(decisions) {
-                            match decision {
-                                Decision::Allow => {}
-                                Decision::Deny(reason) => {
-                                    tracing::debug!(subscription = %self.subscription, topic = %topic, offset = records[i].offset, reason = %reason, "Message denied by policy.");
-                                    fates[i] = Fate::Denied;
-                                }
-                                Decision::Redact(value) => records[i].value = Some(value),
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        // Fail closed: a policy that cannot decide allows nothing.
-                        tracing::warn!(subscription = %self.subscription, plugin = %slot.label, topic = %topic, messages = indices.len(), error = %error, "Policy plugin failed; denying its messages.");
-                        for &i in &indices {
+                let decisions = slot
+                    .run(&self.registry, &self.engine, async |p| {
+                        p.authorise(ctx, batch).await
+                    })
+                    .await?;
+                for (&i, decision) in indices.iter().zip(decisions) {
+                    match decision {
+                        Decision::Allow => {}
+                        Decision::Deny(reason) => {
+                            tracing::debug!(subscription = %self.subscription, topic = %topic, offset = records[i].offset, reason = %reason, "Message denied by policy.");
                             fates[i] = Fate::Denied;
                         }
+                        Decision::Redact(value) => redactions.push((i, value)),
                     }
                 }
             }
         }
 
-        let mut screened = Screened::default();
-        let mut failed: Vec<Vec<Record>> = reasons.iter().map(|_| Vec::new()).collect();
-        for (record, fate) in records.into_iter().zip(fates) {
+        // Per topic above; in batch order here.
+        redactions.sort_by_key(|(i, _)| *i);
+        let (mut filtered, mut denied) = (0, 0);
+        let mut kept = Vec::with_capacity(records.len());
+        let mut redactions = redactions.into_iter().peekable();
+        for (i, (record, fate)) in records.iter().zip(fates).enumerate() {
+            let redacted = redactions
+                .next_if(|(at, _)| *at == i)
+                .map(|(_, value)| value);
             match fate {
-                Fate::Keep => screened.kept.push(record),
-                Fate::Filtered => screened.filtered += 1,
-                Fate::Denied => screened.denied += 1,
-                Fate::Failed(reason) => failed[reason].push(record),
+                Fate::Keep => {
+                    let mut record = record.clone();
+                    if let Some(value) = redacted {
+                        record.value = Some(value);
+                    }
+                    kept.push(record);
+                }
+                Fate::Filtered => filtered += 1,
+                Fate::Denied => denied += 1,
             }
         }
-        screened.failed = failed.into_iter().zip(reasons).collect();
-        screened
-    }
-
-    /// Serialises a batch with the serialiser plugin; `None` when there is
-    /// none (the built-in JSON body applies). `Err` says why it failed.
-    pub async fn serialise(&mut self, records: &[Record]) -> Option<Result<Serialised, String>> {
-        let slot = self.serialiser.as_mut()?;
-        let batch: Vec<Message> = records.iter().map(message).collect();
-        let result = slot.call(move |p| p.serialise(&batch)).await;
-        Some(result.map_err(|error| {
-            tracing::warn!(subscription = %self.subscription, plugin = %slot.label, error = %error, "Serialiser plugin failed.");
-            format!("serialiser plugin {} failed: {error}", slot.label)
-        }))
+        Ok((Cow::Owned(kept), filtered, denied))
     }
 }
 

@@ -92,7 +92,7 @@ macro_rules! int_newtype_conversions {
 }
 int_newtype_conversions!(BatchSize, BatchInterval, MaxRetries, RateLimit);
 
-/// Defines a string enum of the seed's `reference:` kind, with the seed's spelling.
+/// Defines a string enum of the API, with the API's spelling.
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
@@ -140,7 +140,7 @@ wire_enum!(
     RetryAlgorithm { ExponentialBackoff => "exponential_backoff", FixedTime => "fixed_time" }
 );
 wire_enum!(
-    /// Where alerts go. Email is the only channel the seed defines.
+    /// Where alerts go. Email is the only channel so far.
     AlertChannel { Email => "email" }
 );
 
@@ -429,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn interval_and_retries_follow_the_seed_ranges() {
+    fn interval_and_retries_follow_the_api_ranges() {
         assert!(BatchInterval::parse(0).is_err());
         assert!(BatchInterval::parse(300).is_ok());
         assert!(BatchInterval::parse(301).is_err());
@@ -478,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn enums_use_the_seed_spelling() {
+    fn enums_use_the_api_spelling() {
         assert_eq!(
             "exponential_backoff".parse::<RetryAlgorithm>(),
             Ok(RetryAlgorithm::ExponentialBackoff)

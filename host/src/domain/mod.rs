@@ -13,7 +13,9 @@ pub use fields::{
     Active, AlertChannel, BatchInterval, BatchSize, EmailAddress, HeaderLine, JmesFilter, MASK,
     MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
 };
-pub use plugin::{PluginAttachment, PluginConfig, PluginName, PluginVersion};
+pub use plugin::{
+    PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, UnknownRole,
+};
 pub use subscription::{
     Alerting, Batching, FieldError, RetryPolicy, SourceSpec, SubscriptionRequest, SubscriptionSpec,
     ValidationErrors, WebhookDestination,

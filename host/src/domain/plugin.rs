@@ -1,4 +1,8 @@
-//! Plugin names, versions and a subscription's attachment of a plugin.
+//! Plugin roles, names, versions and a subscription's attachment of a plugin.
+//!
+//! [`PluginRole`] is the one list of roles: the API's messages, the registry's
+//! column and the runtime's choice of world all come from it. Adding a role
+//! starts here (then `wit/`, and the role's home in `plugin/roles/`).
 //!
 //! An attachment names an uploaded plugin by name and version and gives it a
 //! configuration (string keys and values, passed to the plugin's `init`).
@@ -6,8 +10,70 @@
 //! (it needs the registry); this module only parses.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// Which world a plugin implements, and so where a subscription may attach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginRole {
+    /// Keeps or drops each message (`source[].filter_plugin`).
+    Filter,
+    /// Makes the request body of a batch (`configuration.serialiser_plugin`).
+    Serialiser,
+    /// Allows, denies or redacts each message for a subscriber (`source[].policy_plugin`).
+    Policy,
+}
+
+impl PluginRole {
+    /// Every role, in the order messages list them.
+    pub const ALL: [PluginRole; 3] = [
+        PluginRole::Filter,
+        PluginRole::Serialiser,
+        PluginRole::Policy,
+    ];
+
+    /// The name used in the API and the registry, and the WIT world's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginRole::Filter => "filter",
+            PluginRole::Serialiser => "serialiser",
+            PluginRole::Policy => "policy",
+        }
+    }
+
+    /// "filter, serialiser or policy", for messages that list the choices.
+    pub fn choices() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|r| r.as_str()).collect();
+        match names.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+}
+
+impl fmt::Display for PluginRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The string was not the name of a role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown plugin role `{0}` (expected {choices})", choices = PluginRole::choices())]
+pub struct UnknownRole(pub String);
+
+impl FromStr for PluginRole {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_string()))
+    }
+}
 
 /// A plugin's name: 1 to 64 of `[a-z0-9-_]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -193,6 +259,19 @@ impl fmt::Display for PluginAttachment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_parse_from_their_names_only() {
+        for role in PluginRole::ALL {
+            assert_eq!(role.as_str().parse::<PluginRole>(), Ok(role));
+        }
+        let err = "serializer".parse::<PluginRole>().unwrap_err();
+        assert_eq!(err, UnknownRole("serializer".into()));
+        assert_eq!(
+            err.to_string(),
+            "unknown plugin role `serializer` (expected filter, serialiser or policy)"
+        );
+    }
 
     #[test]
     fn names_are_short_lowercase_words() {

@@ -1,6 +1,6 @@
 //! A subscription as the platform holds it, and its parsing from the REST shape.
 //!
-//! [`SubscriptionRequest`] is the wire shape of seed 000, lenient so that every
+//! [`SubscriptionRequest`] is the wire shape of the REST API, lenient so that every
 //! violation can be reported at once; [`SubscriptionSpec::parse`] turns it into a
 //! spec that can only hold valid values. The spec serialises to the same shape
 //! (with secrets in full: that form is for the registry, not for responses; see
@@ -9,8 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::fields::*;
-use super::plugin::{PluginAttachment, PluginConfig, PluginName, PluginVersion};
-use crate::plugin::PluginRole;
+use super::plugin::{PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion};
 
 /// One violated rule, with the JSON path of the field that broke it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -234,7 +233,7 @@ pub struct RateLimitSpec {
     pub max_requests_per_second: RateLimit,
 }
 
-/// Defaults where the request leaves a section out (seed 001's forwarder defaults).
+/// Defaults where the request leaves a section out.
 const DEFAULT_BATCH_SIZE: i64 = 10;
 const DEFAULT_BATCH_INTERVAL_SECONDS: i64 = 10;
 const DEFAULT_MAX_RETRIES: i64 = 3;

@@ -1,119 +1,85 @@
 //! The shared part of the runtime: one wasmtime [`Engine`] configured for
-//! sandboxing, the epoch ticker that enforces CPU deadlines, the linker, and
-//! the cache of compiled components keyed by their sha256.
+//! sandboxing, the epoch ticker that paces guests, the plugin threads, the
+//! linker, compilation, and the bounded cache of compiled components.
 //!
 //! Compilation is where a plugin is validated (it is a component, it imports
 //! only what the sandbox provides, it exports its role's world), so an
-//! upload can be refused with a precise reason. Running plugins is
-//! `instance.rs`'s job.
+//! upload can be refused with a precise reason. Compiles are limited in
+//! input size, in number at once and in time. The cache holds only
+//! components that were validated and are stored in the registry (callers
+//! [`PluginEngine::remember`] them once stored), up to a size in bytes of
+//! machine code. Running plugins is `instance.rs`'s job.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use lru::LruCache;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
-use super::bindings::{filter::FilterPre, policy::PolicyPre, serialiser::SerialiserPre};
 use super::error::{PluginError, chain};
+use super::limits::HostLimits;
+use super::pool::Pool;
+use super::roles;
 use super::sandbox::{self, HostState};
+use crate::domain::PluginRole;
 
-/// How often the epoch advances. A deadline is enforced to within one tick.
+/// How often the epoch advances. A running guest yields its thread to the
+/// other calls and has its CPU time checked once per tick, so a CPU deadline
+/// is enforced to within about one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Which world a plugin implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PluginRole {
-    Filter,
-    Serialiser,
-    Policy,
+/// Everything the runtime is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeSettings {
+    /// Limits of instances: defaults and what uploads may ask for.
+    pub limits: HostLimits,
+    /// Threads that run guest code.
+    pub threads: usize,
+    /// Most machine code the compile cache keeps, in bytes.
+    pub cache_bytes: usize,
+    /// Longest one compilation may take (and the longest wait for a turn).
+    pub compile_timeout: Duration,
+    /// Largest component accepted, in bytes (also the upload limit).
+    pub max_component_bytes: usize,
 }
 
-impl PluginRole {
-    /// The name used in the API and the registry, and the WIT world's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PluginRole::Filter => "filter",
-            PluginRole::Serialiser => "serialiser",
-            PluginRole::Policy => "policy",
-        }
-    }
-}
-
-impl fmt::Display for PluginRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The string was not one of `filter`, `serialiser`, `policy`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown plugin role `{0}` (expected filter, serialiser or policy)")]
-pub struct UnknownRole(pub String);
-
-impl FromStr for PluginRole {
-    type Err = UnknownRole;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "filter" => Ok(PluginRole::Filter),
-            "serialiser" => Ok(PluginRole::Serialiser),
-            "policy" => Ok(PluginRole::Policy),
-            other => Err(UnknownRole(other.to_string())),
-        }
-    }
-}
-
-/// Per-call resource limits, the same for every plugin of an engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RuntimeLimits {
-    /// Longest a single call (`init`, or one batch) may run. Measured in
-    /// wall-clock epoch ticks while the guest runs, so a loaded host may cut
-    /// a call slightly early; it is enforced to within [`EPOCH_TICK`].
-    pub cpu_deadline: Duration,
-    /// Most linear memory one plugin instance may have, in bytes.
-    pub memory_bytes: usize,
-}
-
-impl Default for RuntimeLimits {
+impl Default for RuntimeSettings {
     fn default() -> Self {
-        RuntimeLimits {
-            cpu_deadline: Duration::from_millis(100),
-            memory_bytes: 64 << 20,
+        RuntimeSettings {
+            limits: HostLimits::default(),
+            threads: default_threads(),
+            cache_bytes: 512 << 20,
+            compile_timeout: Duration::from_secs(120),
+            max_component_bytes: 32 << 20,
         }
     }
 }
 
-impl RuntimeLimits {
-    /// The epoch deadline, in ticks, for one call: rounded up, plus one
-    /// because the current tick may be about to end.
-    pub(crate) fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_nanos();
-        let ticks = self.cpu_deadline.as_nanos().div_ceil(tick);
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
-    }
+/// One plugin thread per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, NonZeroUsize::get)
 }
+
+/// Compilations at once. Cranelift already spreads one compilation over the
+/// cores; more at once would only make each slower and hold more memory.
+const COMPILES_AT_ONCE: usize = 1;
 
 /// A validated, compiled plugin, ready to instantiate. Cheap to clone.
 #[derive(Clone)]
 pub struct CompiledPlugin {
     sha256: Arc<str>,
     role: PluginRole,
-    pub(crate) pre: RolePre,
-}
-
-/// The bindgen-generated pre-instance of each world: holding one proves the
-/// component's exports were type-checked against the role's world.
-#[derive(Clone)]
-pub(crate) enum RolePre {
-    Filter(FilterPre<HostState>),
-    Serialiser(SerialiserPre<HostState>),
-    Policy(PolicyPre<HostState>),
+    /// The machine code, so [`PluginEngine::remember`] can cache it.
+    component: Component,
+    /// Imports resolved and type-checked against the linker.
+    pub(crate) pre: InstancePre<HostState>,
 }
 
 impl CompiledPlugin {
@@ -136,9 +102,9 @@ impl fmt::Debug for CompiledPlugin {
     }
 }
 
-/// The runtime shared by all plugins. Cheap to clone; the epoch ticker
-/// thread stops when the last clone (and every instance made from it) is
-/// dropped.
+/// The runtime shared by all plugins. Cheap to clone; the epoch ticker and
+/// the plugin threads stop when the last clone (and every instance made
+/// from it) is dropped.
 #[derive(Clone)]
 pub struct PluginEngine {
     pub(crate) inner: Arc<EngineInner>,
@@ -147,12 +113,51 @@ pub struct PluginEngine {
 pub(crate) struct EngineInner {
     pub(crate) engine: Engine,
     linker: Linker<HostState>,
-    pub(crate) limits: RuntimeLimits,
-    /// Compiled components by sha256 of their bytes. Components are
-    /// role-independent, so the role check is redone (cheaply) per compile.
-    cache: Mutex<HashMap<String, Component>>,
+    pub(crate) settings: RuntimeSettings,
+    pub(crate) pool: Pool,
+    cache: Mutex<Cache>,
+    compiles: Arc<Semaphore>,
     // Held for its Drop: stops the ticker thread with the engine.
     _ticker: Ticker,
+}
+
+/// Compiled components by sha256 of their bytes, least recently used first
+/// out. Components are role-independent, so the role check is redone
+/// (cheaply) when one is taken out.
+struct Cache {
+    entries: LruCache<String, (Component, usize)>,
+    bytes: usize,
+    capacity: usize,
+}
+
+impl Cache {
+    fn get(&mut self, sha256: &str) -> Option<Component> {
+        self.entries.get(sha256).map(|(c, _)| c.clone())
+    }
+
+    fn insert(&mut self, sha256: &str, component: Component) {
+        let range = component.image_range();
+        let size = (range.end as usize).saturating_sub(range.start as usize);
+        if size > self.capacity {
+            return;
+        }
+        if let Some((_, old)) = self.entries.put(sha256.to_string(), (component, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > self.capacity {
+            match self.entries.pop_lru() {
+                Some((_, (_, evicted))) => self.bytes -= evicted,
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, sha256: &str) {
+        if let Some((_, size)) = self.entries.pop(sha256) {
+            self.bytes -= size;
+        }
+    }
 }
 
 /// The thread that advances the engine's epoch every [`EPOCH_TICK`].
@@ -192,48 +197,107 @@ impl Drop for Ticker {
 }
 
 impl PluginEngine {
-    /// Builds the engine and starts its epoch ticker thread.
-    pub fn new(limits: RuntimeLimits) -> Result<Self, PluginError> {
+    /// Builds the engine, and starts its epoch ticker and plugin threads.
+    pub fn new(settings: RuntimeSettings) -> Result<Self, PluginError> {
+        settings.limits.check().map_err(PluginError::Runtime)?;
         let mut config = Config::new();
         config.wasm_component_model(true);
-        // Every call gets an epoch deadline; running out traps the guest.
+        // Guests are paced by epochs: each tick a running guest yields and
+        // its CPU time is checked (instance.rs installs the callback).
         config.epoch_interruption(true);
+        // Guest-named frames in trap messages are guest text of unbounded
+        // size; the host needs the trap's kind, not the guest's backtrace.
+        config.wasm_backtrace_max_frames(None);
         let engine = Engine::new(&config)
             .map_err(|e| PluginError::Runtime(format!("engine: {}", chain(&e))))?;
         let linker = sandbox::linker(&engine)
             .map_err(|e| PluginError::Runtime(format!("linker: {}", chain(&e))))?;
         let ticker = Ticker::start(engine.clone())?;
+        let capacity = NonZeroUsize::new(settings.cache_bytes).map_or(0, NonZeroUsize::get);
         Ok(PluginEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
-                limits,
-                cache: Mutex::new(HashMap::new()),
+                settings,
+                pool: Pool::new(settings.threads)?,
+                cache: Mutex::new(Cache {
+                    entries: LruCache::unbounded(),
+                    bytes: 0,
+                    capacity,
+                }),
+                compiles: Arc::new(Semaphore::new(COMPILES_AT_ONCE)),
                 _ticker: ticker,
             }),
         })
     }
 
-    pub fn limits(&self) -> RuntimeLimits {
-        self.inner.limits
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.inner.settings
     }
 
-    /// Validates and compiles `wasm` as a plugin of `role`.
-    ///
-    /// Compiling takes from milliseconds to seconds of CPU: call it from a
-    /// blocking thread, or use [`PluginEngine::compile_async`]. Bytes seen
-    /// before (same sha256) are not compiled again.
-    pub fn compile(&self, role: PluginRole, wasm: &[u8]) -> Result<CompiledPlugin, PluginError> {
+    pub fn limits(&self) -> &HostLimits {
+        &self.inner.settings.limits
+    }
+
+    /// Validates and compiles `wasm` as a plugin of `role`, on a thread of
+    /// its own, one compilation at a time, within the compile timeout. The
+    /// result is not cached: [`PluginEngine::remember`] it once it is stored.
+    pub async fn compile(
+        &self,
+        role: PluginRole,
+        wasm: Vec<u8>,
+    ) -> Result<CompiledPlugin, PluginError> {
+        let settings = &self.inner.settings;
+        if wasm.len() > settings.max_component_bytes {
+            return Err(PluginError::InvalidComponent(format!(
+                "{} bytes is more than the largest component this host accepts ({} bytes)",
+                wasm.len(),
+                settings.max_component_bytes
+            )));
+        }
+        check_is_component(&wasm)?;
+        let timeout = settings.compile_timeout;
+        let permit = tokio::time::timeout(timeout, self.inner.compiles.clone().acquire_owned())
+            .await
+            .map_err(|_| PluginError::CompilerBusy(timeout))?
+            .map_err(|_| PluginError::Runtime("the compiler is shut down".into()))?;
+        let engine = self.clone();
+        let (done, compiled) = tokio::sync::oneshot::channel();
+        // A thread of its own rather than the blocking pool: a compilation
+        // that overruns is abandoned by the caller but runs to its end here,
+        // still holding the permit, so overruns cannot pile up.
+        std::thread::Builder::new()
+            .name("wasm-compile".into())
+            .spawn(move || {
+                let result = engine.compile_now(role, &wasm);
+                drop(permit);
+                let _ = done.send(result);
+            })
+            .map_err(|e| PluginError::Runtime(format!("starting a compile thread: {e}")))?;
+        match tokio::time::timeout(timeout, compiled).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PluginError::Runtime("the compile thread died".into())),
+            Err(_) => Err(PluginError::CompileTimeout(timeout)),
+        }
+    }
+
+    fn compile_now(&self, role: PluginRole, wasm: &[u8]) -> Result<CompiledPlugin, PluginError> {
         let sha256 = sha256_hex(wasm);
-        let component = self.component(&sha256, wasm)?;
-        self.check_imports(&component)?;
-        let pre = self.pre_instantiate(role, &component)?;
+        let component = match self.cache().get(&sha256) {
+            Some(component) => component,
+            None => Component::from_binary(&self.inner.engine, wasm)
+                .map_err(|e| PluginError::InvalidComponent(chain(&e)))?,
+        };
+        let compiled = self.validate(role, &sha256, component)?;
         tracing::debug!(sha256 = %sha256, role = %role, "Plugin compiled and validated.");
-        Ok(CompiledPlugin {
-            sha256: sha256.into(),
-            role,
-            pre,
-        })
+        Ok(compiled)
+    }
+
+    /// Keeps a compiled plugin in the cache, for instances made later. Only
+    /// for plugins whose bytes are stored in the registry.
+    pub fn remember(&self, compiled: &CompiledPlugin) {
+        self.cache()
+            .insert(&compiled.sha256, compiled.component.clone());
     }
 
     /// The plugin compiled from the bytes whose sha256 is `sha256`, if they
@@ -244,28 +308,8 @@ impl PluginEngine {
         role: PluginRole,
         sha256: &str,
     ) -> Option<Result<CompiledPlugin, PluginError>> {
-        let component = self.cache().get(sha256).cloned()?;
-        Some(
-            self.check_imports(&component)
-                .and_then(|()| self.pre_instantiate(role, &component))
-                .map(|pre| CompiledPlugin {
-                    sha256: sha256.into(),
-                    role,
-                    pre,
-                }),
-        )
-    }
-
-    /// [`PluginEngine::compile`] on tokio's blocking pool.
-    pub async fn compile_async(
-        &self,
-        role: PluginRole,
-        wasm: Vec<u8>,
-    ) -> Result<CompiledPlugin, PluginError> {
-        let engine = self.clone();
-        tokio::task::spawn_blocking(move || engine.compile(role, &wasm))
-            .await
-            .map_err(|e| PluginError::Runtime(format!("compile task failed: {e}")))?
+        let component = self.cache().get(sha256)?;
+        Some(self.validate(role, sha256, component))
     }
 
     /// Drops a compiled component from the cache (e.g. when a plugin
@@ -276,26 +320,49 @@ impl PluginEngine {
 
     /// Number of compiled components in the cache.
     pub fn cached(&self) -> usize {
-        self.cache().len()
+        self.cache().entries.len()
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+    /// Bytes of machine code in the cache.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache().bytes
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A panic while holding the lock cannot leave the map half-updated
-        // (single insert/remove), so a poisoned lock is still usable.
+        // (each change is one insert or remove plus its byte count), so a
+        // poisoned lock is still usable.
         self.inner.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn component(&self, sha256: &str, wasm: &[u8]) -> Result<Component, PluginError> {
-        if let Some(component) = self.cache().get(sha256) {
-            return Ok(component.clone());
-        }
-        check_is_component(wasm)?;
-        // Not under the lock: compiling can take seconds. Two threads
-        // compiling the same bytes at once both succeed; one insert wins.
-        let component = Component::from_binary(&self.inner.engine, wasm)
-            .map_err(|e| PluginError::InvalidComponent(chain(&e)))?;
-        self.cache().insert(sha256.to_string(), component.clone());
-        Ok(component)
+    fn validate(
+        &self,
+        role: PluginRole,
+        sha256: &str,
+        component: Component,
+    ) -> Result<CompiledPlugin, PluginError> {
+        self.check_imports(&component)?;
+        // Type-checks every import against the linker (allowed names with the
+        // wrong types end up here).
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::ForbiddenImport(chain(&e)))?;
+        roles::check_world(role, &pre).map_err(|e| {
+            PluginError::WrongWorld(format!(
+                "expected the `{role}` world (exports {}): {}; the component exports: {}",
+                roles::expected_exports(role),
+                chain(&e),
+                self.export_names(&component)
+            ))
+        })?;
+        Ok(CompiledPlugin {
+            sha256: sha256.into(),
+            role,
+            component,
+            pre,
+        })
     }
 
     /// Names the first import outside the sandbox's allow-list. Done before
@@ -309,39 +376,6 @@ impl PluginEngine {
         Ok(())
     }
 
-    fn pre_instantiate(
-        &self,
-        role: PluginRole,
-        component: &Component,
-    ) -> Result<RolePre, PluginError> {
-        // Type-checks every import against the linker (allowed names with the
-        // wrong types end up here).
-        let instance_pre: InstancePre<HostState> = self
-            .inner
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| PluginError::ForbiddenImport(chain(&e)))?;
-        let wrong_world = |e: wasmtime::Error| {
-            PluginError::WrongWorld(format!(
-                "expected the `{role}` world (exports {}): {}; the component exports: {}",
-                expected_exports(role),
-                chain(&e),
-                self.export_names(component)
-            ))
-        };
-        Ok(match role {
-            PluginRole::Filter => {
-                RolePre::Filter(FilterPre::new(instance_pre).map_err(wrong_world)?)
-            }
-            PluginRole::Serialiser => {
-                RolePre::Serialiser(SerialiserPre::new(instance_pre).map_err(wrong_world)?)
-            }
-            PluginRole::Policy => {
-                RolePre::Policy(PolicyPre::new(instance_pre).map_err(wrong_world)?)
-            }
-        })
-    }
-
     fn export_names(&self, component: &Component) -> String {
         let ty = component.component_type();
         let names: Vec<String> = ty
@@ -353,14 +387,6 @@ impl PluginEngine {
         } else {
             names.join(", ")
         }
-    }
-}
-
-fn expected_exports(role: PluginRole) -> &'static str {
-    match role {
-        PluginRole::Filter => "`init`, `filter`",
-        PluginRole::Serialiser => "`init`, `serialise`",
-        PluginRole::Policy => "`init`, `authorise`",
     }
 }
 
@@ -400,32 +426,6 @@ fn check_is_component(wasm: &[u8]) -> Result<(), PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roles_parse_from_their_names_only() {
-        for role in [
-            PluginRole::Filter,
-            PluginRole::Serialiser,
-            PluginRole::Policy,
-        ] {
-            assert_eq!(role.as_str().parse::<PluginRole>(), Ok(role));
-        }
-        assert_eq!(
-            "serializer".parse::<PluginRole>(),
-            Err(UnknownRole("serializer".into()))
-        );
-    }
-
-    #[test]
-    fn deadline_is_rounded_up_to_whole_ticks_plus_one() {
-        let limits = |ms| RuntimeLimits {
-            cpu_deadline: Duration::from_millis(ms),
-            ..RuntimeLimits::default()
-        };
-        assert_eq!(limits(100).deadline_ticks(), 11);
-        assert_eq!(limits(101).deadline_ticks(), 12);
-        assert_eq!(limits(0).deadline_ticks(), 1);
-    }
 
     #[test]
     fn headers_tell_core_modules_from_components_and_garbage() {

@@ -1,254 +1,364 @@
-//! Running a plugin: one [`PluginInstance`] per pipeline, holding a wasmtime
-//! store with the sandbox's limits, calling the role's batch function, and
-//! checking what comes back.
+//! Running a plugin: one [`PluginInstance`] per pipeline and attachment,
+//! holding a wasmtime store with the sandbox's limits, entering the guest
+//! only on the plugin threads and only within its deadlines, and rebuilding
+//! the store after a failure — unless its circuit breaker says the plugin
+//! keeps failing, in which case calls fail at once until the back-off ends.
 //!
-//! A trap (including a deadline or memory overrun) may leave the guest's
-//! state half-updated and wasmtime refuses to re-enter such an instance, so
-//! the instance is dropped and rebuilt, `init` included, at the next call.
-//! Calls block the calling thread for up to the CPU deadline: call them
-//! from `tokio::task::spawn_blocking` or a dedicated thread.
+//! Every entry into the guest (instantiation with its start functions,
+//! `init`, each batch) runs as an async call on the plugin pool: the store's
+//! epoch callback yields the thread every tick and stops the guest when its
+//! CPU time passes the CPU deadline; a timeout around the entry stops it when
+//! the wall-clock deadline passes, whatever the guest is waiting for.
 
-use wasmtime::{Store, Trap};
+use std::future::Future;
+use std::sync::Arc;
 
-use super::bindings::{
-    Decision, Message, Serialised, SubscriberContext, filter::Filter, policy::Policy,
-    serialiser::Serialiser,
-};
-use super::engine::{CompiledPlugin, PluginEngine, PluginRole, RolePre};
+use tokio::time::Instant;
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::{Decision, Message, Serialised, SubscriberContext};
+use super::breaker::Breaker;
+use super::engine::{CompiledPlugin, PluginEngine};
 use super::error::{PluginError, chain};
-use super::sandbox::HostState;
+use super::guest_text;
+use super::limits::PluginLimits;
+use super::pool::{CpuMeter, Metered};
+use super::roles::{Answer, Call, Exports};
+use super::sandbox::{HostState, Refused};
 
-/// A plugin instantiated for one pipeline, with its configuration.
+/// A plugin instantiated (or to be instantiated) for one pipeline, with its
+/// configuration and limits.
 pub struct PluginInstance {
     engine: PluginEngine,
     compiled: CompiledPlugin,
-    config: Vec<(String, String)>,
-    /// `None` after a trap, until the next call rebuilds it.
+    config: Arc<Vec<(String, String)>>,
+    limits: PluginLimits,
+    /// `None` before the first entry, after a failure that may have poisoned
+    /// the store, or while a call has it on a plugin thread.
     live: Option<Live>,
+    breaker: Breaker,
     instantiations: u64,
 }
 
 struct Live {
     store: Store<HostState>,
-    exports: RoleExports,
-}
-
-enum RoleExports {
-    Filter(Filter),
-    Serialiser(Serialiser),
-    Policy(Policy),
+    exports: Exports,
 }
 
 impl PluginInstance {
     /// Instantiates `compiled` and calls its `init` with `config`, so a bad
-    /// configuration is reported now ([`PluginError::Config`]) rather than
-    /// on the first batch.
-    pub fn new(
+    /// configuration ([`PluginError::Config`]) or a plugin that cannot start
+    /// is reported now rather than on the first batch.
+    pub async fn new(
         engine: &PluginEngine,
         compiled: &CompiledPlugin,
         config: Vec<(String, String)>,
+        limits: PluginLimits,
     ) -> Result<Self, PluginError> {
-        let mut instance = PluginInstance {
+        let mut instance = Self::deferred(engine, compiled, config, limits);
+        instance.live = Some(instance.instantiate().await?);
+        Ok(instance)
+    }
+
+    /// An instance that is made on its first call (and whose failures to
+    /// start count like failed calls).
+    pub fn deferred(
+        engine: &PluginEngine,
+        compiled: &CompiledPlugin,
+        config: Vec<(String, String)>,
+        limits: PluginLimits,
+    ) -> Self {
+        PluginInstance {
             engine: engine.clone(),
             compiled: compiled.clone(),
-            config,
+            config: Arc::new(config),
+            limits,
             live: None,
+            breaker: Breaker::default(),
             instantiations: 0,
-        };
-        instance.live()?;
-        Ok(instance)
+        }
     }
 
     pub fn compiled(&self) -> &CompiledPlugin {
         &self.compiled
     }
 
-    /// How many times the plugin was instantiated: 1, plus one per rebuild
-    /// after a trap.
+    pub fn limits(&self) -> PluginLimits {
+        self.limits
+    }
+
+    /// How many times the plugin was instantiated: 1, plus one per rebuild.
     pub fn instantiations(&self) -> u64 {
         self.instantiations
     }
 
-    /// Runs a filter plugin: one flag per message, `true` keeps it.
-    pub fn filter(&mut self, batch: &[Message]) -> Result<Vec<bool>, PluginError> {
-        let keep = self.call(PluginRole::Filter, |exports, store| match exports {
-            RoleExports::Filter(f) => Some(f.call_filter(store, batch)),
-            _ => None,
-        })?;
-        check_len("flags", keep.len(), batch.len())?;
-        Ok(keep)
+    /// Why the plugin is suspended (its breaker is open, or its last try
+    /// after a suspension failed), or `None` while it works.
+    pub fn suspension(&self) -> Option<String> {
+        self.breaker.tripped().then(|| {
+            format!(
+                "failed {} times in a row; last failure: {}",
+                self.breaker.failures(),
+                self.breaker.last_failure()
+            )
+        })
     }
 
-    /// Runs a serialiser plugin: one request body for the whole batch.
-    pub fn serialise(&mut self, batch: &[Message]) -> Result<Serialised, PluginError> {
-        let out = self.call(PluginRole::Serialiser, |exports, store| match exports {
-            RoleExports::Serialiser(s) => Some(s.call_serialise(store, batch)),
-            _ => None,
-        })?;
-        check_content_type(&out.content_type)?;
-        Ok(out)
-    }
-
-    /// Runs a policy plugin: one decision per message.
-    pub fn authorise(
-        &mut self,
-        ctx: &SubscriberContext,
-        batch: &[Message],
-    ) -> Result<Vec<Decision>, PluginError> {
-        let decisions = self.call(PluginRole::Policy, |exports, store| match exports {
-            RoleExports::Policy(p) => Some(p.call_authorise(store, ctx, batch)),
-            _ => None,
-        })?;
-        check_len("decisions", decisions.len(), batch.len())?;
-        Ok(decisions)
-    }
-
-    /// The live instance, rebuilding it (instantiate + `init`) if needed.
-    fn live(&mut self) -> Result<&mut Live, PluginError> {
-        if self.live.is_none() {
-            self.live = Some(self.instantiate()?);
+    /// Instantiates now if there is no live store, so that the first batch
+    /// does not wait for it. A failure counts with the breaker like a failed
+    /// call; a suspended plugin is not tried.
+    pub async fn warm(&mut self) -> Result<(), PluginError> {
+        if self.live.is_some() {
+            return Ok(());
         }
-        // Just set above if it was empty.
-        self.live
-            .as_mut()
-            .ok_or_else(|| PluginError::Runtime("instance missing after instantiation".into()))
-    }
-
-    fn instantiate(&mut self) -> Result<Live, PluginError> {
-        let inner = &self.engine.inner;
-        let mut store = Store::new(&inner.engine, HostState::new(inner.limits.memory_bytes));
-        store.limiter(|state| state.limiter());
-        // Instantiation can run guest code (start functions, constructors):
-        // it is bounded like any call.
-        store.set_epoch_deadline(inner.limits.deadline_ticks());
-        store.epoch_deadline_trap();
-        self.instantiations += 1;
-        let instantiated = match &self.compiled.pre {
-            RolePre::Filter(pre) => pre.instantiate(&mut store).map(RoleExports::Filter),
-            RolePre::Serialiser(pre) => pre.instantiate(&mut store).map(RoleExports::Serialiser),
-            RolePre::Policy(pre) => pre.instantiate(&mut store).map(RoleExports::Policy),
-        };
-        let exports = instantiated.map_err(|e| self.classify(&e, &store))?;
-        store.set_epoch_deadline(inner.limits.deadline_ticks());
-        let init = match &exports {
-            RoleExports::Filter(f) => f.call_init(&mut store, &self.config),
-            RoleExports::Serialiser(s) => s.call_init(&mut store, &self.config),
-            RoleExports::Policy(p) => p.call_init(&mut store, &self.config),
-        };
-        match init {
-            Ok(Ok(())) => Ok(Live { store, exports }),
-            Ok(Err(reason)) => Err(PluginError::Config(reason)),
-            Err(e) => Err(self.classify(&e, &store)),
+        let now = Instant::now();
+        if let Err(open) = self.breaker.check(now) {
+            return Err(PluginError::Suspended {
+                failures: open.failures,
+                retry_in: open.until - now,
+                last: open.last_failure,
+            });
         }
-    }
-
-    /// Calls the role's batch function with a fresh deadline, turning every
-    /// failure into a [`PluginError`] and dropping the instance after a trap.
-    fn call<R>(
-        &mut self,
-        role: PluginRole,
-        f: impl FnOnce(
-            &RoleExports,
-            &mut Store<HostState>,
-        ) -> Option<wasmtime::Result<Result<R, String>>>,
-    ) -> Result<R, PluginError> {
-        if self.compiled.role() != role {
-            return Err(PluginError::Runtime(format!(
-                "called as a {role}, but this plugin is a {}",
-                self.compiled.role()
-            )));
-        }
-        let ticks = self.engine.inner.limits.deadline_ticks();
-        let live = self.live()?;
-        live.store.set_epoch_deadline(ticks);
-        live.store.data_mut().limiter().memory_refused = false;
-        let outcome = f(&live.exports, &mut live.store)
-            .ok_or_else(|| PluginError::Runtime(format!("instance is not a {role}")))?;
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(reason)) => Err(PluginError::Guest(reason)),
-            Err(e) => {
-                // Whatever failed, wasmtime may refuse to re-enter this
-                // instance: drop it; the next call rebuilds it.
-                let error = match self.live.take() {
-                    Some(live) => self.classify(&e, &live.store),
-                    None => PluginError::Trap(chain(&e)),
-                };
-                tracing::warn!(
-                    sha256 = %self.compiled.sha256(),
-                    role = %role,
-                    error = %error,
-                    "Plugin call failed; the instance will be rebuilt."
-                );
+        match self.instantiate().await {
+            Ok(live) => {
+                self.live = Some(live);
+                Ok(())
+            }
+            Err(error) => {
+                self.breaker.failed(Instant::now(), &error.to_string());
                 Err(error)
             }
         }
     }
 
-    fn classify(&self, e: &wasmtime::Error, store: &Store<HostState>) -> PluginError {
-        let limits = self.engine.inner.limits;
-        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return PluginError::Deadline(limits.cpu_deadline);
+    /// Runs a filter plugin: one flag per message, `true` keeps it.
+    pub async fn filter(&mut self, batch: Vec<Message>) -> Result<Vec<bool>, PluginError> {
+        match self.call(Call::Filter(batch)).await? {
+            Answer::Keep(keep) => Ok(keep),
+            other => Err(unexpected(&other)),
         }
-        let state = store.data();
-        if state.memory_refused() {
-            return PluginError::MemoryLimit(limits.memory_bytes);
+    }
+
+    /// Runs a serialiser plugin: one request body for the whole batch.
+    pub async fn serialise(&mut self, batch: Vec<Message>) -> Result<Serialised, PluginError> {
+        match self.call(Call::Serialise(batch)).await? {
+            Answer::Body(body) => Ok(body),
+            other => Err(unexpected(&other)),
         }
-        let what = match e.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
-            None => chain(e),
+    }
+
+    /// Runs a policy plugin: one decision per message.
+    pub async fn authorise(
+        &mut self,
+        ctx: SubscriberContext,
+        batch: Vec<Message>,
+    ) -> Result<Vec<Decision>, PluginError> {
+        match self.call(Call::Authorise(ctx, batch)).await? {
+            Answer::Decisions(decisions) => Ok(decisions),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs one batch call, instantiating first if needed, and keeps the
+    /// breaker's account.
+    pub async fn call(&mut self, call: Call) -> Result<Answer, PluginError> {
+        if call.role() != self.compiled.role() {
+            return Err(PluginError::Runtime(format!(
+                "called as a {}, but this plugin is a {}",
+                call.role(),
+                self.compiled.role()
+            )));
+        }
+        let now = Instant::now();
+        if let Err(open) = self.breaker.check(now) {
+            return Err(PluginError::Suspended {
+                failures: open.failures,
+                retry_in: open.until - now,
+                last: open.last_failure,
+            });
+        }
+        let result = self.call_live(call).await;
+        match &result {
+            Ok(_) => self.breaker.succeeded(),
+            Err(error) => {
+                if let Some(back_off) = self.breaker.failed(Instant::now(), &error.to_string()) {
+                    tracing::warn!(
+                        sha256 = %self.compiled.sha256(),
+                        role = %self.compiled.role(),
+                        failures = self.breaker.failures(),
+                        back_off_ms = back_off.as_millis() as u64,
+                        error = %error,
+                        "Plugin keeps failing; suspended."
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    async fn call_live(&mut self, call: Call) -> Result<Answer, PluginError> {
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => self.instantiate().await?,
         };
-        let stderr = state.stderr();
-        if stderr.is_empty() {
-            PluginError::Trap(what)
-        } else {
-            PluginError::Trap(format!("{what}; guest stderr: {stderr}"))
-        }
-    }
-}
-
-fn check_len(what: &str, got: usize, expected: usize) -> Result<(), PluginError> {
-    if got == expected {
-        Ok(())
-    } else {
-        Err(PluginError::BadResult(format!(
-            "{got} {what} for a batch of {expected} messages"
-        )))
-    }
-}
-
-/// The content type becomes an HTTP header: refuse anything that could
-/// break or inject into the request (control characters, CR/LF, non-ASCII).
-fn check_content_type(content_type: &str) -> Result<(), PluginError> {
-    let printable = content_type.bytes().all(|b| (0x20..0x7f).contains(&b));
-    if content_type.trim().is_empty() || !printable || content_type.len() > 256 {
-        return Err(PluginError::BadResult(format!(
-            "content type {content_type:?} is not a usable header value"
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_types_that_could_inject_headers_are_refused() {
-        assert!(check_content_type("application/cloudevents-batch+json").is_ok());
-        assert!(check_content_type("text/plain; charset=utf-8").is_ok());
-        for bad in ["", "  ", "a\r\nX-Evil: 1", "caf\u{e9}", &"a".repeat(300)] {
-            assert!(
-                matches!(check_content_type(bad), Err(PluginError::BadResult(_))),
-                "{bad:?}"
+        let limits = self.limits;
+        let pool = &self.engine.inner.pool;
+        let (live, result) = pool
+            .run(async move {
+                let mut live = live;
+                let Live { store, exports } = &mut live;
+                let meter = prepare(store);
+                let entry = enter(meter, &limits, exports.call(store, &call)).await;
+                let result = match entry {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(error)) => Err(error),
+                    Err(stopped) => Err(stopped.into_error(&live.store, &limits)),
+                };
+                // A failure inside wasmtime may leave the guest half-way:
+                // never enter this store again.
+                let keep = !result.as_ref().is_err_and(PluginError::poisons_instance);
+                (keep.then_some(live), result)
+            })
+            .await?;
+        self.live = live;
+        if let Err(error) = &result
+            && error.poisons_instance()
+        {
+            tracing::warn!(
+                sha256 = %self.compiled.sha256(),
+                role = %self.compiled.role(),
+                error = %error,
+                "Plugin call failed; the instance will be rebuilt."
             );
         }
+        result
     }
 
-    #[test]
-    fn length_mismatch_is_a_bad_result() {
-        assert!(check_len("flags", 2, 2).is_ok());
-        let err = check_len("flags", 1, 3).unwrap_err().to_string();
-        assert!(err.contains("1 flags for a batch of 3"), "{err}");
+    /// A new store: instantiation (start functions included), then `init`,
+    /// each as an entry of its own, on the plugin threads.
+    async fn instantiate(&mut self) -> Result<Live, PluginError> {
+        self.instantiations += 1;
+        let (engine, compiled) = (self.engine.clone(), self.compiled.clone());
+        let (config, limits) = (self.config.clone(), self.limits);
+        self.engine
+            .inner
+            .pool
+            .run(async move {
+                let mut store = new_store(&engine, &limits);
+                let meter = prepare(&mut store);
+                let instantiated =
+                    enter(meter, &limits, compiled.pre.instantiate_async(&mut store)).await;
+                let instance = match instantiated {
+                    Ok(instance) => instance,
+                    Err(stopped) => return Err(stopped.into_error(&store, &limits)),
+                };
+                let exports = Exports::bind(compiled.role(), &instance, &mut store)
+                    .map_err(|e| PluginError::Runtime(chain(&e)))?;
+                let meter = prepare(&mut store);
+                let init = enter(meter, &limits, exports.init(&mut store, &config)).await;
+                match init {
+                    Ok(Ok(())) => Ok(Live { store, exports }),
+                    Ok(Err(reason)) => Err(PluginError::Config(reason)),
+                    Err(stopped) => Err(stopped.into_error(&store, &limits)),
+                }
+            })
+            .await?
+    }
+}
+
+fn unexpected(answer: &Answer) -> PluginError {
+    PluginError::Runtime(format!(
+        "the plugin answered the wrong kind of result: {answer:?}"
+    ))
+}
+
+/// A store for one instance: the sandbox's host state, its limiter, and the
+/// epoch callback that paces the guest and enforces its CPU deadline.
+fn new_store(engine: &PluginEngine, limits: &PluginLimits) -> Store<HostState> {
+    let mut store = Store::new(&engine.inner.engine, HostState::new(limits));
+    store.limiter(|state| state.limiter());
+    let cpu_deadline = limits.cpu_deadline;
+    store.epoch_deadline_callback(move |ctx| {
+        if ctx.data().meter.checkpoint() > cpu_deadline {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        // Let the other calls on this thread run, then go on for a tick.
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    store
+}
+
+/// How an entry that did not return was stopped.
+enum Stopped {
+    /// Trapped or failed inside wasmtime.
+    Failed(wasmtime::Error),
+    /// Ran past its wall-clock deadline.
+    TimedOut,
+}
+
+impl Stopped {
+    fn into_error(self, store: &Store<HostState>, limits: &PluginLimits) -> PluginError {
+        match self {
+            Stopped::Failed(e) => classify(&e, store, limits),
+            Stopped::TimedOut => PluginError::WallDeadline(limits.wall_deadline),
+        }
+    }
+}
+
+/// Readies a store for an entry: nothing refused yet, the epoch deadline one
+/// tick ahead, the CPU meter at zero. Returns the meter for [`enter`].
+fn prepare(store: &mut Store<HostState>) -> Arc<CpuMeter> {
+    store.data_mut().limiter().refused = Refused::default();
+    store.set_epoch_deadline(1);
+    let meter = store.data().meter.clone();
+    meter.reset();
+    meter
+}
+
+/// One entry into the guest (a future using a [`prepare`]d store) under the
+/// limits: metered for the epoch callback's CPU check, and bounded as a
+/// whole, waiting included, by the wall-clock deadline.
+async fn enter<T>(
+    meter: Arc<CpuMeter>,
+    limits: &PluginLimits,
+    entry: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<T, Stopped> {
+    match tokio::time::timeout(limits.wall_deadline, Metered::new(entry, meter)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Stopped::Failed(e)),
+        Err(_) => Err(Stopped::TimedOut),
+    }
+}
+
+/// Names what stopped a guest: its CPU deadline, a limit it hit, or the trap.
+fn classify(e: &wasmtime::Error, store: &Store<HostState>, limits: &PluginLimits) -> PluginError {
+    let trap = e.downcast_ref::<Trap>();
+    if trap == Some(&Trap::Interrupt) {
+        return PluginError::CpuDeadline(limits.cpu_deadline);
+    }
+    let state = store.data();
+    let refused = state.refused();
+    if refused.memory {
+        return PluginError::MemoryLimit(limits.memory_bytes);
+    }
+    if refused.table {
+        return PluginError::TableLimit;
+    }
+    let what = match trap {
+        Some(trap) => trap.to_string(),
+        None => chain(e),
+    };
+    let stderr = state.stderr();
+    if stderr.is_empty() {
+        PluginError::Trap(guest_text::clean(&what))
+    } else {
+        PluginError::Trap(format!(
+            "{}; guest stderr: {}",
+            guest_text::clean(&what),
+            guest_text::clean_tail(&stderr)
+        ))
     }
 }

@@ -1,34 +1,67 @@
-//! What a plugin can reach: the per-store host state (an empty WASI context
-//! and the memory limiter), the linker holding the only imports a plugin may
-//! use, and the allow-list that names a forbidden import before wasmtime's
-//! own type check runs.
+//! What a plugin can reach and how much of the host it may hold: the
+//! per-store host state (an empty WASI context, a capped resource table, the
+//! memory and table limiter, the captured end of stderr, the CPU meter), the
+//! linker holding the only imports a plugin may use, and the allow-list that
+//! names a forbidden import before wasmtime's own type check runs.
 //!
 //! It does not run plugins; `instance.rs` does.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime::ResourceLimiter;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// How much of a guest's stderr is kept to explain a trap (a Rust panic
-/// message is written there just before the trap).
-const STDERR_CAPTURE_BYTES: usize = 4096;
+use super::limits::PluginLimits;
+use super::pool::CpuMeter;
+
+/// How much of the end of a guest's stderr is kept to explain a trap (a Rust
+/// panic message is written there just before the trap). The rest is
+/// dropped; writing never fails, however much a guest writes.
+const STDERR_TAIL_BYTES: usize = 4096;
+
+/// Most WASI resources (streams, pollables, ...) a guest may hold at once.
+/// A guest that creates them without dropping them hits this, not the
+/// host's memory.
+const MAX_WASI_RESOURCES: usize = 10_000;
+
+/// A plugin is one component: a handful of core instances and tables. These
+/// stop a guest from making more.
+const MAX_CORE_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+/// Linear memories per instance. Components built by wasm32-wasip2 Rust,
+/// componentize-py and componentize-js keep everything in one memory; a
+/// little room is left for adapters. All of them together stay within the
+/// memory cap.
+const MAX_MEMORIES: usize = 4;
+/// Table elements per instance, all tables together (a few MiB of host
+/// memory at most). Interpreters compiled to Wasm have tens of thousands.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
 /// Data of one plugin store.
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
-    stderr: MemoryOutputPipe,
+    stderr: StderrTail,
+    /// CPU time of the current entry into the guest, read by the epoch callback.
+    pub(crate) meter: Arc<CpuMeter>,
 }
 
 impl HostState {
     /// A state whose WASI context grants nothing: no preopened directories,
-    /// no environment, no arguments, stdin closed, stdout discarded, stderr
-    /// captured in a small buffer, and no network (wasmtime-wasi's default
-    /// socket check denies every address; name lookup is off by default).
-    pub(crate) fn new(memory_bytes: usize) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+    /// no environment, no arguments, stdin closed, stdout discarded, the end
+    /// of stderr kept, and no network (wasmtime-wasi's default socket check
+    /// denies every address; name lookup is off).
+    pub(crate) fn new(limits: &PluginLimits) -> Self {
+        let stderr = StderrTail::default();
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
         // Explicit although already the default: the sandbox must not
@@ -36,11 +69,14 @@ impl HostState {
         wasi.allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_WASI_RESOURCES);
         HostState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: Limiter::new(memory_bytes),
+            table,
+            limiter: Limiter::new(limits.memory_bytes),
             stderr,
+            meter: Arc::new(CpuMeter::default()),
         }
     }
 
@@ -48,12 +84,12 @@ impl HostState {
         &mut self.limiter
     }
 
-    /// Whether the limiter refused a memory growth since the flag was reset.
-    pub(crate) fn memory_refused(&self) -> bool {
-        self.limiter.memory_refused
+    /// What the limiter refused since the flags were last reset.
+    pub(crate) fn refused(&self) -> Refused {
+        self.limiter.refused
     }
 
-    /// The guest's stderr so far, lossily decoded and trimmed.
+    /// The end of the guest's stderr so far, lossily decoded and trimmed.
     pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents())
             .trim()
@@ -70,26 +106,32 @@ impl WasiView for HostState {
     }
 }
 
-/// `StoreLimits` plus a record of whether it refused to grow memory, so that
-/// the trap a guest raises when allocation fails (Rust aborts with
-/// `unreachable`) can be reported as a memory overrun, not a bare trap.
+/// What the limiter refused a guest, so that the trap a guest raises when an
+/// allocation fails (Rust aborts with `unreachable`) can be reported as the
+/// limit it hit, not as a bare trap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) memory: bool,
+    pub(crate) table: bool,
+}
+
+/// Caps an instance's linear memory and table elements as totals over all
+/// its memories and tables (a per-memory cap would let an instance with many
+/// memories hold many times the cap), and the number of each.
 pub(crate) struct Limiter {
-    limits: StoreLimits,
-    pub(crate) memory_refused: bool,
+    memory_cap: usize,
+    memory_used: usize,
+    table_elements_used: usize,
+    pub(crate) refused: Refused,
 }
 
 impl Limiter {
-    fn new(memory_bytes: usize) -> Self {
+    fn new(memory_cap: usize) -> Self {
         Limiter {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                // A plugin is one component: a handful of core instances,
-                // memories and tables. These stop a guest from making more.
-                .instances(64)
-                .memories(16)
-                .tables(64)
-                .build(),
-            memory_refused: false,
+            memory_cap,
+            memory_used: 0,
+            table_elements_used: 0,
+            refused: Refused::default(),
         }
     }
 }
@@ -99,42 +141,131 @@ impl ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        maximum: Option<usize>,
+        _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if !allowed {
-            self.memory_refused = true;
+        let total = (self.memory_used - current.min(self.memory_used)).saturating_add(desired);
+        if total > self.memory_cap {
+            self.refused.memory = true;
+            return Ok(false);
         }
-        Ok(allowed)
+        self.memory_used = total;
+        Ok(true)
     }
 
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
-        maximum: Option<usize>,
+        _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
+        let total = (self.table_elements_used - current.min(self.table_elements_used))
+            .saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            self.refused.table = true;
+            return Ok(false);
+        }
+        self.table_elements_used = total;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
-        self.limits.instances()
+        MAX_CORE_INSTANCES
     }
 
     fn tables(&self) -> usize {
-        self.limits.tables()
+        MAX_TABLES
     }
 
     fn memories(&self) -> usize {
-        self.limits.memories()
+        MAX_MEMORIES
     }
 }
 
-/// The linker every plugin is instantiated with: WASI 0.2 (synchronous
-/// bindings) and nothing else.
+/// A guest's stderr: keeps the last [`STDERR_TAIL_BYTES`], accepts any
+/// amount without failing (a guest that logs a lot must not trap for it) and
+/// without growing.
+#[derive(Clone, Default)]
+struct StderrTail {
+    tail: Arc<Mutex<VecDeque<u8>>>,
+}
+
+impl StderrTail {
+    fn push(&self, bytes: &[u8]) {
+        // A panic while holding this lock cannot leave the buffer unusable.
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = &bytes[bytes.len().saturating_sub(STDERR_TAIL_BYTES)..];
+        let overflow = (tail.len() + bytes.len()).saturating_sub(STDERR_TAIL_BYTES);
+        tail.drain(..overflow);
+        tail.extend(bytes);
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().copied().collect()
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for StderrTail {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for StderrTail {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl AsyncWrite for StderrTail {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for StderrTail {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for StderrTail {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// The linker every plugin is instantiated with: WASI 0.2 (asynchronous
+/// bindings, so a guest waiting on a clock or a poll holds no thread) and
+/// nothing else.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Ok(linker)
 }
 
@@ -207,7 +338,46 @@ pub(crate) fn check_import(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_import;
+    use super::*;
+
+    #[test]
+    fn memory_is_capped_over_all_memories_together() {
+        let mut limiter = Limiter::new(10 << 20);
+        assert!(limiter.memory_growing(0, 6 << 20, None).unwrap());
+        // A second memory may not take the instance past the cap...
+        assert!(!limiter.memory_growing(0, 6 << 20, None).unwrap());
+        assert!(limiter.refused.memory);
+        // ...but may use what is left.
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(!limiter.memory_growing(4 << 20, 5 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn table_elements_are_capped_over_all_tables_together() {
+        let mut limiter = Limiter::new(10 << 20);
+        assert!(
+            limiter
+                .table_growing(0, MAX_TABLE_ELEMENTS - 10, None)
+                .unwrap()
+        );
+        assert!(!limiter.table_growing(0, 11, None).unwrap());
+        assert!(limiter.refused.table);
+        assert!(limiter.table_growing(0, 10, None).unwrap());
+    }
+
+    #[test]
+    fn stderr_keeps_only_its_end_however_much_is_written() {
+        let tail = StderrTail::default();
+        for _ in 0..10_000 {
+            tail.push(b"noise noise noise\n");
+        }
+        tail.push(b"panicked: boom");
+        let kept = tail.contents();
+        assert_eq!(kept.len(), STDERR_TAIL_BYTES);
+        assert!(kept.ends_with(b"panicked: boom"));
+        tail.push(&vec![b'x'; 3 * STDERR_TAIL_BYTES]);
+        assert_eq!(tail.contents(), vec![b'x'; STDERR_TAIL_BYTES]);
+    }
 
     #[test]
     fn wasi_02_and_the_types_interface_are_allowed() {

@@ -8,7 +8,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Registry, RegistryError, from_millis, now_millis};
-use crate::plugin::PluginRole;
+use crate::domain::PluginRole;
+use crate::plugin::RequestedLimits;
 
 /// A plugin's metadata, as listed (without its bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +21,12 @@ pub struct StoredPlugin {
     pub sha256: String,
     /// Size of the wasm bytes.
     pub size: i64,
+    /// The limits the upload asked for (`None`: the host's default).
+    pub limits: RequestedLimits,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-const COLUMNS: &str = "name, version, role, sha256, size, created_at";
+const COLUMNS: &str = "name, version, role, sha256, size, created_at, memory_bytes, cpu_deadline_ms, wall_deadline_ms";
 
 fn decode(row: &AnyRow) -> Result<StoredPlugin, RegistryError> {
     let name: String = row.try_get("name")?;
@@ -35,9 +38,23 @@ fn decode(row: &AnyRow) -> Result<StoredPlugin, RegistryError> {
         version: row.try_get("version")?,
         sha256: row.try_get("sha256")?,
         size: row.try_get("size")?,
+        limits: RequestedLimits {
+            memory_bytes: unsigned(row.try_get("memory_bytes")?),
+            cpu_deadline_ms: unsigned(row.try_get("cpu_deadline_ms")?),
+            wall_deadline_ms: unsigned(row.try_get("wall_deadline_ms")?),
+        },
         created_at: from_millis(row.try_get("created_at")?),
         name,
     })
+}
+
+/// A stored limit; a negative one cannot have been written, so it reads as unset.
+fn unsigned(value: Option<i64>) -> Option<u64> {
+    value.and_then(|v| u64::try_from(v).ok())
+}
+
+fn signed(value: Option<u64>) -> Option<i64> {
+    value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 impl Registry {
@@ -49,13 +66,15 @@ impl Registry {
         version: &str,
         role: PluginRole,
         sha256: &str,
+        limits: RequestedLimits,
         wasm: &[u8],
     ) -> Result<StoredPlugin, RegistryError> {
         let now = now_millis();
         let size = i64::try_from(wasm.len()).unwrap_or(i64::MAX);
         let done = sqlx::query(
-            "INSERT INTO plugins (name, version, role, sha256, size, wasm, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name, version) DO NOTHING",
+            "INSERT INTO plugins (name, version, role, sha256, size, wasm, created_at, \
+             memory_bytes, cpu_deadline_ms, wall_deadline_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name, version) DO NOTHING",
         )
         .bind(name)
         .bind(version)
@@ -64,6 +83,9 @@ impl Registry {
         .bind(size)
         .bind(wasm.to_vec())
         .bind(now)
+        .bind(signed(limits.memory_bytes))
+        .bind(signed(limits.cpu_deadline_ms))
+        .bind(signed(limits.wall_deadline_ms))
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -77,6 +99,7 @@ impl Registry {
             role,
             sha256: sha256.to_string(),
             size,
+            limits,
             created_at: from_millis(now),
         })
     }

@@ -31,6 +31,8 @@ pub struct StoredSubscription {
     /// Standard Webhooks secret (`whsec_…`); shown to the client only at creation.
     pub signing_secret: String,
     pub health: Health,
+    /// Why it is unhealthy: the failure that made it so, or the latest one.
+    pub status_reason: Option<String>,
     pub status_changed_at: chrono::DateTime<chrono::Utc>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
@@ -45,11 +47,11 @@ pub struct Counts {
     pub delivered: i64,
     pub filtered: i64,
     pub dead_lettered: i64,
-    /// Refused by a policy plugin (or by a failing one: policies fail closed).
+    /// Refused by a policy plugin's explicit deny.
     pub denied: i64,
 }
 
-const COLUMNS: &str = "id, spec, signing_secret, health, status_changed_at, created_at, \
+const COLUMNS: &str = "id, spec, signing_secret, health, status_reason, status_changed_at, created_at, \
      updated_at, revision, delivered_messages, filtered_messages, dead_lettered_messages, \
      denied_messages";
 
@@ -68,6 +70,7 @@ fn decode(row: &AnyRow) -> Result<StoredSubscription, RegistryError> {
             "unhealthy" => Health::Unhealthy,
             _ => Health::Healthy,
         },
+        status_reason: row.try_get("status_reason")?,
         status_changed_at: from_millis(row.try_get("status_changed_at")?),
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),
@@ -110,6 +113,7 @@ impl Registry {
             spec: spec.clone(),
             signing_secret: signing_secret.to_string(),
             health: super::Health::Healthy,
+            status_reason: None,
             status_changed_at: from_millis(now),
             created_at: from_millis(now),
             updated_at: from_millis(now),
@@ -186,18 +190,40 @@ impl Registry {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Records a health transition; returns true when the health actually changed.
-    pub async fn set_health(&self, id: Uuid, health: Health) -> Result<bool, RegistryError> {
+    /// Records a subscription's health and why (the reason is kept only
+    /// while unhealthy). Returns true when the health actually changed, so
+    /// that of several hosts only one alerts on a transition; a new reason
+    /// for the same health is recorded without being a transition.
+    pub async fn set_health(
+        &self,
+        id: Uuid,
+        health: Health,
+        reason: Option<&str>,
+    ) -> Result<bool, RegistryError> {
+        let reason = match health {
+            Health::Unhealthy => reason,
+            Health::Healthy => None,
+        };
         let done = sqlx::query(
-            "UPDATE subscriptions SET health = $1, status_changed_at = $2 \
-             WHERE id = $3 AND health <> $1",
+            "UPDATE subscriptions SET health = $1, status_reason = $2, status_changed_at = $3 \
+             WHERE id = $4 AND health <> $1",
         )
         .bind(health.as_str())
+        .bind(reason)
         .bind(now_millis())
         .bind(id.to_string())
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        sqlx::query("UPDATE subscriptions SET status_reason = $1 WHERE id = $2 AND health = $3")
+            .bind(reason)
+            .bind(id.to_string())
+            .bind(health.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(false)
     }
 
     /// Adds to the outcome counters (one write per batch).

@@ -1,4 +1,4 @@
-//! `wasmhook-loadtest`: seed 000's load test, one command.
+//! `wasmhook-loadtest`: the load test, one command.
 //!
 //! It publishes `--rows` rows spread over `--duration` across `--topics`
 //! topics, each carrying its publish time; a wasmhook (started here as a child

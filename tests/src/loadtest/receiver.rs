@@ -1,5 +1,5 @@
 //! The load test's webhook receiver: stores every delivered message in SQLite
-//! (as seed 000's receiver does) before answering 200, and can misbehave on
+//! (as the original design's receiver does) before answering 200, and can misbehave on
 //! demand (answer 5xx, hang past the timeout, or go off the network).
 
 use std::net::SocketAddr;

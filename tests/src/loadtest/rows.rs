@@ -1,4 +1,4 @@
-//! The rows to publish: seed 000's csv-generate, in memory. Pure.
+//! The rows to publish: generated in memory, each with its publish time. Pure.
 //!
 //! Row `i` goes to topic `i mod topics` at `duration × i / rows` after the
 //! start, so the rows spread evenly over the duration and across topics.

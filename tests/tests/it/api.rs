@@ -1,4 +1,4 @@
-//! The management API of seed 000, on SQLite and on PostgreSQL.
+//! The management API (subscriptions, status, admin switch), on SQLite and on PostgreSQL.
 
 use std::time::Duration;
 

@@ -636,8 +636,9 @@ impl BinaryApp {
             .args(["--database-url", database_url])
             .args(["--kafka-brokers", brokers])
             .args(["--retry-base-delay", "50ms", "--retry-max-delay", "400ms"])
+            .args(["--retry-fixed-delay", "200ms"])
             .args(["--reconcile-interval", "500ms"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -659,6 +660,20 @@ impl BinaryApp {
         Self { address, child }
     }
 
+    /// The most resident memory the process has had (VmHWM), in KiB; 0 when
+    /// it cannot be read (not Linux, or the process is gone).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let Some(pid) = self.child.id() else {
+            return 0;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGKILL: no shutdown path runs, nothing is flushed or committed.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL");
@@ -673,6 +688,32 @@ pub fn plugin_wasm(crate_name: &str) -> Vec<u8> {
     let path =
         std::path::Path::new(env!("WASMHOOK_PLUGINS_DIR")).join(format!("{crate_name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A hand-written hostile guest of `plugins/test-guests/wat/` (`name` without
+/// `.wat`), made into a component of the `world` of `wit/` by wit-component.
+pub fn wat_component(name: &str, world: &str) -> Vec<u8> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join(format!("plugins/test-guests/wat/{name}.wat"));
+    let mut module = wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve.push_dir(root.join("wit")).expect("wit/ parses");
+    let world = resolve
+        .select_world(&[package], Some(world))
+        .expect("the world exists");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .expect("component metadata");
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .expect("a core module wit-component accepts")
+        .validate(true)
+        .encode()
+        .unwrap_or_else(|e| panic!("{name}.wat as a component: {e:?}"))
 }
 
 /// A `multipart/form-data` body with text fields and one file field `wasm`.

@@ -7,3 +7,4 @@ mod delivery;
 mod helpers;
 mod plugin_runtime;
 mod plugins;
+mod sandbox;

@@ -1,6 +1,7 @@
 //! WebAssembly plugins end to end: uploaded over REST, attached to
 //! subscriptions, run on messages from the embedded Kafka-protocol broker,
-//! with what the real receiver got, and every failure outcome of issue 4.
+//! with what the real receiver got; every failure outcome, and hostile
+//! plugins against the sandbox.
 
 use std::time::Duration;
 
@@ -160,7 +161,7 @@ async fn a_tenant_policy_plugin_denies_other_tenants_and_redacts_fields() {
 async fn uploads_that_are_not_valid_plugins_are_refused_with_what_is_wrong() {
     let sys = System::start_with(Db::Sqlite, |s| {
         // Smaller than the sandbox probe (~150 KB), larger than the others.
-        s.delivery.plugins.max_upload_bytes = 140 * 1024;
+        s.delivery.plugins.max_component_bytes = 140 * 1024;
     })
     .await;
     let app = &sys.app;
@@ -459,7 +460,7 @@ async fn a_new_plugin_version_is_swapped_in_live_without_losing_the_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_looping_filter_sends_its_batch_to_the_dead_letter_and_turns_unhealthy() {
+async fn a_looping_filter_fails_its_attempts_then_dead_letters_the_batch() {
     let sys = System::start(Db::Sqlite).await;
     sys.topic("orders", 1);
     sys.app
@@ -467,6 +468,7 @@ async fn a_looping_filter_sends_its_batch_to_the_dead_letter_and_turns_unhealthy
         .await;
     let mut body = subscribed("looping", &sys.receiver.url, "orders");
     body["source"][0]["filter_plugin"] = attach("looper", "1.0.0", json!({}));
+    body["configuration"]["retry"] = json!({"max_retries": 1, "retry_algorithm": "fixed_time"});
     let id = sys.app.subscribe(&body).await;
     let healthy = sys
         .app
@@ -485,10 +487,20 @@ async fn a_looping_filter_sends_its_batch_to_the_dead_letter_and_turns_unhealthy
         .wait_for_status(&id, WAIT, |s| s["counts"]["dead_lettered"] == 2)
         .await;
     assert_eq!(status["status"], "unhealthy");
+    assert_eq!(status["counts"]["filtered"], 0, "a failure is not a filter");
     let reason = status["dead_letters"][0]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("filter plugin looper@1.0.0") && reason.contains("CPU deadline"),
+        reason.contains("filter plugin looper@1.0.0 (source[0].filter_plugin) failed")
+            && reason.contains("CPU deadline")
+            && reason.contains("after 2 attempts"),
         "{reason}"
+    );
+    assert!(
+        status["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("looper@1.0.0"),
+        "{status}"
     );
     // The other subscription of the topic delivered everything meanwhile.
     let delivered = sys.receiver.wait_for_delivered(2, WAIT).await;
@@ -498,7 +510,7 @@ async fn a_looping_filter_sends_its_batch_to_the_dead_letter_and_turns_unhealthy
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_trapping_policy_denies_everything_and_other_subscriptions_are_unaffected() {
+async fn a_trapping_policy_is_retried_then_dead_lettered_never_silently_denied() {
     let sys = System::start(Db::Sqlite).await;
     sys.topic("orders", 1);
     sys.app
@@ -506,6 +518,7 @@ async fn a_trapping_policy_denies_everything_and_other_subscriptions_are_unaffec
         .await;
     let mut body = subscribed("guarded", &sys.receiver.url, "orders");
     body["source"][0]["policy_plugin"] = attach("trapper", "1.0.0", json!({}));
+    body["configuration"]["retry"] = json!({"max_retries": 2, "retry_algorithm": "fixed_time"});
     let id = sys.app.subscribe(&body).await;
     let other = Receiver::start().await;
     sys.app
@@ -516,18 +529,23 @@ async fn a_trapping_policy_denies_everything_and_other_subscriptions_are_unaffec
     produce(&sys.producer, "orders", 0, &produced).await;
     let status = sys
         .app
-        .wait_for_status(&id, WAIT, |s| s["counts"]["denied"] == 5)
+        .wait_for_status(&id, WAIT, |s| s["counts"]["dead_lettered"] == 5)
         .await;
+    assert_eq!(
+        status["counts"]["denied"], 0,
+        "only an explicit deny denies"
+    );
     assert_eq!(status["counts"]["delivered"], 0);
+    let reason = status["dead_letters"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("policy plugin trapper@1.0.0 (source[0].policy_plugin) failed")
+            && reason.contains("always traps"),
+        "{reason}"
+    );
     assert_eq!(other.wait_for_delivered(5, WAIT).await.len(), 5);
-    // A second batch: the rebuilt instance traps again, and is denied again.
-    produce(&sys.producer, "orders", 0, &[json!({"n": 5})]).await;
-    sys.app
-        .wait_for_status(&id, WAIT, |s| s["counts"]["denied"] == 6)
-        .await;
     assert!(
         sys.receiver.requests().is_empty(),
-        "fail closed: nothing sent"
+        "nothing unauthorised was sent"
     );
     shut_down(sys).await;
 }
@@ -575,16 +593,24 @@ async fn a_failing_serialiser_is_retried_then_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_memory_hungry_filter_hits_its_cap_and_the_host_carries_on() {
-    let sys = System::start_with(Db::Sqlite, |s| {
-        s.delivery.plugins.limits.memory_bytes = 16 << 20;
-    })
-    .await;
+    let sys = System::start(Db::Sqlite).await;
     sys.topic("orders", 1);
-    sys.app
-        .install_plugin("guest_memory_hog", "hog", "1.0.0", "filter")
-        .await;
+    // Its own cap, asked for at upload.
+    let (content_type, form) = plugin_form(
+        &[
+            ("name", "hog"),
+            ("version", "1.0.0"),
+            ("role", "filter"),
+            ("memory_bytes", "16777216"),
+        ],
+        Some(&plugin_wasm("guest_memory_hog")),
+    );
+    let (status, uploaded) = sys.app.post_form(&content_type, form).await;
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(uploaded["limits"]["memory_bytes"], 16 << 20);
     let mut body = subscribed("hungry", &sys.receiver.url, "orders");
     body["source"][0]["filter_plugin"] = attach("hog", "1.0.0", json!({}));
+    body["configuration"]["retry"] = json!({"max_retries": 0, "retry_algorithm": "fixed_time"});
     let id = sys.app.subscribe(&body).await;
     sys.app
         .subscribe(&subscribed("plain", &sys.receiver.url, "orders"))
@@ -663,15 +689,24 @@ async fn example_filter_runs_in_the_host(dir: &str) {
     let Some(wasm) = example_component(dir) else {
         return;
     };
-    // Interpreters in a component need more than Rust guests.
-    let sys = System::start_with(Db::Sqlite, |s| {
-        s.delivery.plugins.limits.cpu_deadline = Duration::from_secs(5);
-        s.delivery.plugins.limits.memory_bytes = 512 << 20;
-    })
-    .await;
+    // Interpreters in a component need more than Rust guests: the upload
+    // asks for it, the host runs with its defaults.
+    let sys = System::start(Db::Sqlite).await;
     sys.topic("orders", 1);
-    let (status, body) = sys.app.upload_plugin(dir, "1.0.0", "filter", &wasm).await;
+    let (content_type, form) = plugin_form(
+        &[
+            ("name", dir),
+            ("version", "1.0.0"),
+            ("role", "filter"),
+            ("memory_bytes", "536870912"),
+            ("cpu_deadline_ms", "5000"),
+        ],
+        Some(&wasm),
+    );
+    let (status, body) = sys.app.post_form(&content_type, form).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["limits"]["cpu_deadline_ms"], 5000);
+    assert_eq!(body["limits"]["wall_deadline_ms"], 10000);
     let mut body = subscribed(dir, &sys.receiver.url, "orders");
     body["source"][0]["filter_plugin"] = attach(dir, "1.0.0", json!({}));
     sys.app.subscribe(&body).await;
