@@ -24,7 +24,7 @@ use super::guest_text;
 use super::limits::PluginLimits;
 use super::pool::{CpuMeter, Metered};
 use super::roles::{Answer, Call, Exports};
-use super::sandbox::{HostState, Refused};
+use super::sandbox::{HostState, MAX_COMPONENT_HANDLES, Refused};
 
 /// A plugin instantiated (or to be instantiated) for one pipeline, with its
 /// configuration and limits.
@@ -277,6 +277,7 @@ fn unexpected(answer: &Answer) -> PluginError {
 fn new_store(engine: &PluginEngine, limits: &PluginLimits) -> Store<HostState> {
     let mut store = Store::new(&engine.inner.engine, HostState::new(limits));
     store.limiter(|state| state.limiter());
+    store.set_max_component_handles(MAX_COMPONENT_HANDLES);
     let cpu_deadline = limits.cpu_deadline;
     store.epoch_deadline_callback(move |ctx| {
         if ctx.data().meter.checkpoint() > cpu_deadline {

@@ -32,6 +32,10 @@ const STDERR_TAIL_BYTES: usize = 4096;
 /// host's memory.
 const MAX_WASI_RESOURCES: usize = 10_000;
 
+/// Component-model resource handles a store may hold at once (wasmtime's
+/// default is 100 000; a plugin needs a handful).
+pub(crate) const MAX_COMPONENT_HANDLES: usize = 10_000;
+
 /// A plugin is one component: a handful of core instances and tables. These
 /// stop a guest from making more.
 const MAX_CORE_INSTANCES: usize = 64;

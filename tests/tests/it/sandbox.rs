@@ -60,6 +60,29 @@ async fn attaching_a_plugin_whose_init_loops_or_sleeps_answers_400_within_its_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attaching_a_plugin_that_grabs_memories_or_tables_answers_400_naming_the_limit() {
+    let sys = System::start(Db::Sqlite).await;
+    for (file, needle) in [
+        ("memories", "memory limit of 67108864 bytes"),
+        ("many-memories", "memor"),
+        ("table-growth", "table limit"),
+    ] {
+        let (status, body) = sys
+            .app
+            .upload_plugin(file, "1.0.0", "filter", &wat_component(file, "filter"))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{file}: {body}");
+        let body = filtered_by(file, &sys.receiver.url, file, json!({}));
+        let (status, refusal) = sys.app.post("/1/Subscription", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{file}: {refusal}");
+        assert_eq!(refusal["errors"][0]["field"], "source[0].filter_plugin");
+        let message = refusal["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{file}: {message}");
+    }
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plugin_may_ask_for_its_own_limits_within_the_hosts_maxima() {
     let sys = System::start(Db::Sqlite).await;
     let wasm = plugin_wasm("guest_hostile");
@@ -231,6 +254,7 @@ async fn a_plugin_that_keeps_failing_is_suspended_alerts_and_recovers() {
 const CROWD: &[(&str, &str, &str, &str)] = &[
     ("sleeper", "guest_hostile", "filter", "sleep"),
     ("shouter", "guest_hostile", "filter", "huge-error"),
+    ("bellower", "guest_hostile", "filter", "enormous-error"),
     ("recurser", "guest_hostile", "filter", "stack-overflow"),
     ("miscounter", "guest_hostile", "filter", "wrong-length"),
     ("flooder", "guest_hostile", "filter", "flood"),

@@ -2,12 +2,13 @@
 //! per message, true keeps it.
 
 use wasmtime::Store;
-use wasmtime::component::{Func, InstancePre, WasmList, WasmStr};
+use wasmtime::component::{Func, InstancePre};
 
 use super::super::bindings::{Message, filter::FilterPre};
 use super::super::error::PluginError;
+use super::super::guest_text;
 use super::super::sandbox::HostState;
-use super::{text, wrong_length};
+use super::wrong_length;
 
 pub(super) const EXPORTS: &str = "`init`, `filter`";
 pub(super) const BATCH_EXPORT: &str = "filter";
@@ -21,18 +22,11 @@ pub(super) async fn call(
     store: &mut Store<HostState>,
     batch: &[Message],
 ) -> wasmtime::Result<Result<Vec<bool>, PluginError>> {
-    let typed = filter.typed::<(&[Message],), (Result<WasmList<bool>, WasmStr>,)>(&*store)?;
+    let typed = filter.typed::<(&[Message],), (Result<Vec<bool>, String>,)>(&*store)?;
     let (result,) = typed.call_async(&mut *store, (batch,)).await?;
-    let flags = match result {
-        Ok(flags) => flags,
-        Err(reason) => return Ok(Err(PluginError::Guest(text(&reason, store)))),
-    };
-    // Checked before anything is copied out of the guest.
-    if flags.len() != batch.len() {
-        return Ok(Err(wrong_length("flags", flags.len(), batch.len())));
-    }
-    let keep = flags
-        .iter(&mut *store)?
-        .collect::<wasmtime::Result<Vec<bool>>>()?;
-    Ok(Ok(keep))
+    Ok(match result {
+        Ok(keep) if keep.len() == batch.len() => Ok(keep),
+        Ok(keep) => Err(wrong_length("flags", keep.len(), batch.len())),
+        Err(reason) => Err(PluginError::Guest(guest_text::clean(&reason))),
+    })
 }

@@ -1,9 +1,14 @@
 //! One home per plugin role. Each role's module holds all the host needs to
 //! know of it: the world it checks an upload against, the exports it binds
 //! on an instance, and its batch call — lowering the batch, lifting the
-//! answer lazily so that nothing a guest returns is copied before it is
-//! checked (one entry per message, total size within [`result_budget`],
-//! text cut by [`guest_text`]).
+//! answer and checking it (one entry per message, text cut by
+//! [`guest_text`]). What a guest can make the host copy is bounded before
+//! anything is copied: each call's hostcall fuel, which wasmtime spends on
+//! every byte lifted out of the guest, is set to [`result_budget`].
+//!
+//! (Lifting lazily, through `WasmList`, would avoid the copy but read guest
+//! memory after the guest's post-return ran, which may already have freed
+//! and reused it.)
 //!
 //! Adding a role: a world in `wit/`, its `bindgen!` in `bindings.rs`, the
 //! role in [`PluginRole`], a module here with the same few items as its
@@ -14,7 +19,7 @@ mod policy;
 mod serialiser;
 
 use wasmtime::Store;
-use wasmtime::component::{Func, Instance, InstancePre, WasmStr};
+use wasmtime::component::{Func, Instance, InstancePre};
 
 use super::bindings::{Decision, Message, Serialised, SubscriberContext};
 use super::error::PluginError;
@@ -110,9 +115,10 @@ impl Exports {
     ) -> wasmtime::Result<Result<(), String>> {
         let init = self
             .init
-            .typed::<(&[(String, String)],), (Result<(), WasmStr>,)>(&*store)?;
+            .typed::<(&[(String, String)],), (Result<(), String>,)>(&*store)?;
+        store.set_hostcall_fuel(INIT_BUDGET);
         let (result,) = init.call_async(&mut *store, (config,)).await?;
-        Ok(result.map_err(|reason| text(&reason, store)))
+        Ok(result.map_err(|reason| guest_text::clean(&reason)))
     }
 
     /// Runs one batch call. The outer `Err` is a failure inside wasmtime (a
@@ -130,6 +136,10 @@ impl Exports {
                 self.role
             ))));
         }
+        let batch = match call {
+            Call::Filter(batch) | Call::Serialise(batch) | Call::Authorise(_, batch) => batch,
+        };
+        store.set_hostcall_fuel(result_budget(batch));
         Ok(match call {
             Call::Filter(batch) => filter::call(&self.batch, store, batch)
                 .await?
@@ -144,25 +154,21 @@ impl Exports {
     }
 }
 
-/// The most bytes of values a plugin may return for `batch`: twice what it
-/// was given plus 16 MiB. Room for any reasonable body or redaction, and a
-/// bound on what a guest can make the host copy (without it, a list of
-/// decisions that all point at the same large buffer would be copied once
-/// per message).
+/// The most bytes an `init` may return (an error message, cut to 1 KiB
+/// anyway once it is in the host).
+const INIT_BUDGET: usize = 1 << 20;
+
+/// The most bytes a plugin may return for `batch`, all lists and strings
+/// together: twice what it was given plus 16 MiB. Room for any reasonable
+/// body or redaction, and a bound on what a guest can make the host copy
+/// (without it, a list of decisions that all point at the same large buffer
+/// would be copied once per message). Past it, the call fails.
 pub(crate) fn result_budget(batch: &[Message]) -> usize {
     let given: usize = batch
         .iter()
         .map(|m| m.value.len() + m.key.as_ref().map_or(0, Vec::len))
         .sum();
     given.saturating_mul(2).saturating_add(16 << 20)
-}
-
-/// Guest text, decoded and cleaned (cut to 1 KiB, no control characters).
-pub(crate) fn text(text: &WasmStr, store: &Store<HostState>) -> String {
-    match text.to_str(store) {
-        Ok(text) => guest_text::clean(&text),
-        Err(_) => "(the plugin's message is not valid UTF-8)".into(),
-    }
 }
 
 /// The error for a list that is not one entry per message.

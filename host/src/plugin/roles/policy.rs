@@ -3,30 +3,19 @@
 //! another value).
 
 use wasmtime::Store;
-use wasmtime::component::{ComponentType, Func, InstancePre, Lift, WasmList, WasmStr};
+use wasmtime::component::{Func, InstancePre};
 
 use super::super::bindings::{Decision, Message, SubscriberContext, policy::PolicyPre};
 use super::super::error::PluginError;
+use super::super::guest_text;
 use super::super::sandbox::HostState;
-use super::{result_budget, text, wrong_length};
+use super::wrong_length;
 
 pub(super) const EXPORTS: &str = "`init`, `authorise`";
 pub(super) const BATCH_EXPORT: &str = "authorise";
 
 pub(super) fn check_world(pre: &InstancePre<HostState>) -> wasmtime::Result<()> {
     PolicyPre::new(pre.clone()).map(|_| ())
-}
-
-/// `decision`, left in guest memory until checked.
-#[derive(ComponentType, Lift)]
-#[component(variant)]
-enum LazyDecision {
-    #[component(name = "allow")]
-    Allow,
-    #[component(name = "deny")]
-    Deny(WasmStr),
-    #[component(name = "redact")]
-    Redact(WasmList<u8>),
 }
 
 pub(super) async fn call(
@@ -36,38 +25,17 @@ pub(super) async fn call(
     batch: &[Message],
 ) -> wasmtime::Result<Result<Vec<Decision>, PluginError>> {
     let typed = authorise
-        .typed::<(&SubscriberContext, &[Message]), (Result<WasmList<LazyDecision>, WasmStr>,)>(
-            &*store,
-        )?;
+        .typed::<(&SubscriberContext, &[Message]), (Result<Vec<Decision>, String>,)>(&*store)?;
     let (result,) = typed.call_async(&mut *store, (ctx, batch)).await?;
-    let lazy = match result {
-        Ok(decisions) => decisions,
-        Err(reason) => return Ok(Err(PluginError::Guest(text(&reason, store)))),
-    };
-    if lazy.len() != batch.len() {
-        return Ok(Err(wrong_length("decisions", lazy.len(), batch.len())));
-    }
-    let lazy = lazy
-        .iter(&mut *store)?
-        .collect::<wasmtime::Result<Vec<LazyDecision>>>()?;
-    // Redacted values are copied only while their total stays in budget.
-    let mut budget = result_budget(batch);
-    let mut decisions = Vec::with_capacity(lazy.len());
-    for decision in lazy {
-        decisions.push(match decision {
-            LazyDecision::Allow => Decision::Allow,
-            LazyDecision::Deny(reason) => Decision::Deny(text(&reason, store)),
-            LazyDecision::Redact(value) => {
-                let Some(left) = budget.checked_sub(value.len()) else {
-                    return Ok(Err(PluginError::BadResult(format!(
-                        "redacted values total more than the {} bytes allowed for this batch",
-                        result_budget(batch)
-                    ))));
-                };
-                budget = left;
-                Decision::Redact(value.as_le_slice(&*store).to_vec())
-            }
-        });
-    }
-    Ok(Ok(decisions))
+    Ok(match result {
+        Ok(decisions) if decisions.len() == batch.len() => Ok(decisions
+            .into_iter()
+            .map(|decision| match decision {
+                Decision::Deny(reason) => Decision::Deny(guest_text::clean(&reason)),
+                other => other,
+            })
+            .collect()),
+        Ok(decisions) => Err(wrong_length("decisions", decisions.len(), batch.len())),
+        Err(reason) => Err(PluginError::Guest(guest_text::clean(&reason))),
+    })
 }

@@ -2,12 +2,12 @@
 //! the body and content type of one request carrying the whole batch.
 
 use wasmtime::Store;
-use wasmtime::component::{ComponentType, Func, InstancePre, Lift, WasmList, WasmStr};
+use wasmtime::component::{Func, InstancePre};
 
 use super::super::bindings::{Message, Serialised, serialiser::SerialiserPre};
 use super::super::error::PluginError;
+use super::super::guest_text;
 use super::super::sandbox::HostState;
-use super::{result_budget, text};
 
 pub(super) const EXPORTS: &str = "`init`, `serialise`";
 pub(super) const BATCH_EXPORT: &str = "serialise";
@@ -19,46 +19,17 @@ pub(super) fn check_world(pre: &InstancePre<HostState>) -> wasmtime::Result<()> 
     SerialiserPre::new(pre.clone()).map(|_| ())
 }
 
-/// `serialised`, left in guest memory until checked.
-#[derive(ComponentType, Lift)]
-#[component(record)]
-struct LazySerialised {
-    #[component(name = "content-type")]
-    content_type: WasmStr,
-    body: WasmList<u8>,
-}
-
 pub(super) async fn call(
     serialise: &Func,
     store: &mut Store<HostState>,
     batch: &[Message],
 ) -> wasmtime::Result<Result<Serialised, PluginError>> {
-    let typed = serialise.typed::<(&[Message],), (Result<LazySerialised, WasmStr>,)>(&*store)?;
+    let typed = serialise.typed::<(&[Message],), (Result<Serialised, String>,)>(&*store)?;
     let (result,) = typed.call_async(&mut *store, (batch,)).await?;
-    let out = match result {
-        Ok(out) => out,
-        Err(reason) => return Ok(Err(PluginError::Guest(text(&reason, store)))),
-    };
-    let budget = result_budget(batch);
-    if out.body.len() > budget {
-        return Ok(Err(PluginError::BadResult(format!(
-            "a body of {} bytes is more than the {budget} bytes allowed for this batch",
-            out.body.len()
-        ))));
-    }
-    let content_type = match out.content_type.to_str(&*store) {
-        Ok(content_type) => content_type.into_owned(),
-        Err(_) => {
-            return Ok(Err(PluginError::BadResult(
-                "the content type is not valid UTF-8".into(),
-            )));
-        }
-    };
-    if let Err(error) = check_content_type(&content_type) {
-        return Ok(Err(error));
-    }
-    let body = out.body.as_le_slice(&*store).to_vec();
-    Ok(Ok(Serialised { content_type, body }))
+    Ok(match result {
+        Ok(out) => check_content_type(&out.content_type).map(|()| out),
+        Err(reason) => Err(PluginError::Guest(guest_text::clean(&reason))),
+    })
 }
 
 /// The content type becomes an HTTP header: refuse anything that could
@@ -66,7 +37,7 @@ pub(super) async fn call(
 fn check_content_type(content_type: &str) -> Result<(), PluginError> {
     let printable = content_type.bytes().all(|b| (0x20..0x7f).contains(&b));
     if content_type.trim().is_empty() || !printable || content_type.len() > MAX_CONTENT_TYPE {
-        let shown = super::super::guest_text::clean(content_type);
+        let shown = guest_text::clean(content_type);
         return Err(PluginError::BadResult(format!(
             "content type {shown:?} is not a usable header value"
         )));

@@ -7,7 +7,8 @@
 //! | `loop-init` | `init` spins forever |
 //! | `sleep-init` | `init` sleeps for an hour (WASI clocks and poll) |
 //! | `sleep` | `filter` sleeps for an hour |
-//! | `huge-error` | `filter` returns a 24 MiB error full of control characters |
+//! | `huge-error` | `filter` returns an 8 MiB error full of control characters |
+//! | `enormous-error` | `filter` returns a 24 MiB error, more than a batch's result budget |
 //! | `stack-overflow` | `filter` recurses without end |
 //! | `wrong-length` | `filter` returns one flag fewer than messages |
 //! | `flood` | `filter` writes 1 MiB to stdout and to stderr, then keeps everything |
@@ -38,10 +39,8 @@ impl Filter for Hostile {
     fn filter(&mut self, batch: &[Message]) -> Result<Vec<bool>, String> {
         match self.mode.as_str() {
             "sleep" => std::thread::sleep(Duration::from_secs(3600)),
-            "huge-error" => {
-                let line = "\u{1b}[31mevil\r\nX-Injected: yes\0".repeat(24 * 1024 * 1024 / 32);
-                return Err(line);
-            }
+            "huge-error" => return Err(evil_text(8 << 20)),
+            "enormous-error" => return Err(evil_text(24 << 20)),
             "stack-overflow" => {
                 return Ok(vec![recurse(batch.len() as u64) > 0; batch.len()]);
             }
@@ -68,6 +67,11 @@ impl Filter for Hostile {
         }
         Ok(vec![true; batch.len()])
     }
+}
+
+/// About `bytes` of text meant to break logs and headers.
+fn evil_text(bytes: usize) -> String {
+    "\u{1b}[31mevil\r\nX-Injected: yes\0".repeat(bytes / 32)
 }
 
 fn spin() -> ! {
