@@ -65,7 +65,7 @@ pub(super) async fn set(
     let (status, message) = parse(request).map_err(ApiError::Validation)?;
     let previous = state.registry.set_admin_state(status, &message).await?;
     if previous.status != status {
-        // Seed 000: switching the platform records active/inactive on every running webhook.
+        // Switching the platform records active/inactive on every running webhook.
         let activity = match status {
             PlatformStatus::Online => Activity::Active,
             PlatformStatus::Offline => Activity::Inactive,

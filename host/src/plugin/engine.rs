@@ -24,6 +24,7 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use super::error::{PluginError, chain};
+use super::guest_text;
 use super::limits::HostLimits;
 use super::pool::Pool;
 use super::roles;
@@ -350,12 +351,13 @@ impl PluginEngine {
             .instantiate_pre(&component)
             .map_err(|e| PluginError::ForbiddenImport(chain(&e)))?;
         roles::check_world(role, &pre).map_err(|e| {
-            PluginError::WrongWorld(format!(
+            // Export names are the component's text: cleaned like any guest text.
+            PluginError::WrongWorld(guest_text::clean(&format!(
                 "expected the `{role}` world (exports {}): {}; the component exports: {}",
                 roles::expected_exports(role),
                 chain(&e),
                 self.export_names(&component)
-            ))
+            )))
         })?;
         Ok(CompiledPlugin {
             sha256: sha256.into(),
@@ -371,7 +373,8 @@ impl PluginEngine {
     fn check_imports(&self, component: &Component) -> Result<(), PluginError> {
         let ty = component.component_type();
         for (name, _) in ty.imports(&self.inner.engine) {
-            sandbox::check_import(name).map_err(PluginError::ForbiddenImport)?;
+            sandbox::check_import(name)
+                .map_err(|e| PluginError::ForbiddenImport(guest_text::clean(&e)))?;
         }
         Ok(())
     }
