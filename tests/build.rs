@@ -1,20 +1,27 @@
 //! Builds the plugins workspace (first-party plugins and the hostile test
-//! guests) for wasm32-wasip2, so the black-box tests can upload them, and
-//! tells the tests where the components are (`WASMHOOK_PLUGINS_DIR`).
+//! guests) for wasm32-wasip2, so the black-box tests can upload them from
+//! `plugins/target/wasm32-wasip2/release/`.
 //!
 //! `plugins/` is a workspace of its own with its own target directory, so
 //! this nested cargo does not wait on the outer build's lock. CI installs
 //! the target first (`rustup target add wasm32-wasip2`).
+//!
+//! Paths come from the environment at run time and are watched relative to
+//! this package: a target directory shared by several checkouts (CI's cache)
+//! may reuse this script's binary and output from another checkout, and
+//! must then still build and point at this one's plugins.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let repo = manifest.parent().expect("tests/ sits in the repository");
     let plugins = repo.join("plugins");
     for watched in ["plugins", "wit", "guest-sdk"] {
-        rerun_if_changed(&repo.join(watched));
+        rerun_if_changed(repo, Path::new(watched));
     }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -52,22 +59,23 @@ fn main() {
              is the target installed? `rustup target add wasm32-wasip2`"
         );
     }
-    let out = plugins.join("target/wasm32-wasip2/release");
-    println!("cargo:rustc-env=WASMHOOK_PLUGINS_DIR={}", out.display());
 }
 
-/// Watches everything under `dir` except build output (`target/`), so editing
-/// a plugin rebuilds it but building it does not trigger this script again.
-/// (A watched directory is scanned whole, so `dir` itself is not watched.)
-fn rerun_if_changed(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Watches everything under `repo/dir` except build output (`target/`), so
+/// editing a plugin rebuilds it but building it does not trigger this script
+/// again. (A watched directory is scanned whole, so `dir` itself is not
+/// watched.) Paths are printed relative to this package (`../dir/...`), which
+/// cargo resolves against the checkout being built.
+fn rerun_if_changed(repo: &Path, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(repo.join(dir)) else {
         return;
     };
     for entry in entries.flatten() {
-        let path = entry.path();
-        if path.file_name().is_some_and(|n| n == "target") {
+        let name = entry.file_name();
+        if name == "target" {
             continue;
         }
-        println!("cargo:rerun-if-changed={}", path.display());
+        let relative = Path::new("..").join(dir).join(name);
+        println!("cargo:rerun-if-changed={}", relative.display());
     }
 }

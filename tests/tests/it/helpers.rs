@@ -685,8 +685,9 @@ impl BinaryApp {
 /// A component `tests/build.rs` built from `plugins/` (`field_match`,
 /// `cloudevents`, `tenant_policy`, or a hostile guest such as `guest_loop`).
 pub fn plugin_wasm(crate_name: &str) -> Vec<u8> {
-    let path =
-        std::path::Path::new(env!("WASMHOOK_PLUGINS_DIR")).join(format!("{crate_name}.wasm"));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{crate_name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 

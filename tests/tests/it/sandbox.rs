@@ -29,18 +29,39 @@ fn filtered_by(name: &str, url: &str, plugin: &str, config: Value) -> Value {
     body
 }
 
+/// Uploads `guest_hostile` as `name`@1.0.0 with the given limit fields.
+async fn upload_hostile(sys: &System, name: &str, limits: &[(&str, &str)]) -> Value {
+    let mut fields = vec![("name", name), ("version", "1.0.0"), ("role", "filter")];
+    fields.extend_from_slice(limits);
+    let (content_type, form) = plugin_form(&fields, Some(&plugin_wasm("guest_hostile")));
+    let (status, uploaded) = sys.app.post_form(&content_type, form).await;
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    uploaded
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn attaching_a_plugin_whose_init_loops_or_sleeps_answers_400_within_its_deadline() {
     let sys = System::start(Db::Sqlite).await;
-    sys.app
-        .install_plugin("guest_hostile", "hostile", "1.0.0", "filter")
-        .await;
-    let wall = sys.settings.delivery.plugins.limits.defaults.wall_deadline;
-    for (mode, needle) in [
-        ("loop-init", "CPU deadline of 100ms"),
-        ("sleep-init", "wall-clock deadline of 1s"),
+    // The looper gets a long wall-clock deadline, so that on a busy machine
+    // its CPU deadline (the host's default, 100 ms) is what stops it; the
+    // sleeper runs with the host's defaults (a 1 s wall-clock deadline).
+    upload_hostile(&sys, "looper", &[("wall_deadline_ms", "20000")]).await;
+    upload_hostile(&sys, "sleeper", &[]).await;
+    for (plugin, mode, needle, wall) in [
+        (
+            "looper",
+            "loop-init",
+            "CPU deadline of 100ms",
+            Duration::from_secs(20),
+        ),
+        (
+            "sleeper",
+            "sleep-init",
+            "wall-clock deadline of 1s",
+            Duration::from_secs(1),
+        ),
     ] {
-        let body = filtered_by(mode, &sys.receiver.url, "hostile", json!({"mode": mode}));
+        let body = filtered_by(mode, &sys.receiver.url, plugin, json!({"mode": mode}));
         let started = Instant::now();
         let (status, refusal) = sys.app.post("/1/Subscription", &body).await;
         let took = started.elapsed();
@@ -119,6 +140,20 @@ async fn a_plugin_may_ask_for_its_own_limits_within_the_hosts_maxima() {
     assert_eq!(
         shown["limits"],
         json!({"memory_bytes": 64 << 20, "cpu_deadline_ms": 300, "wall_deadline_ms": 1000})
+    );
+    // With room on the clock, so that a busy machine cannot make the
+    // wall-clock deadline the one that stops the loop.
+    let (content_type, form) = upload(&[
+        ("version", "2.0.0"),
+        ("cpu_deadline_ms", "300"),
+        ("wall_deadline_ms", "20000"),
+        ("memory_bytes", "1048576"),
+    ]);
+    let (status, uploaded) = sys.app.post_form(&content_type, form).await;
+    assert_eq!(status, StatusCode::CREATED, "{uploaded}");
+    assert_eq!(
+        uploaded["limits"],
+        json!({"memory_bytes": 1 << 20, "cpu_deadline_ms": 300, "wall_deadline_ms": 20000})
     );
 
     // The plugin's own deadline is the one that stops it.
@@ -250,7 +285,8 @@ async fn a_plugin_that_keeps_failing_is_suspended_alerts_and_recovers() {
 }
 
 /// The hostile guests of the crowd test: (plugin, crate or WAT file, role,
-/// configuration). Each misbehaves on every batch.
+/// configuration). Each misbehaves on every batch, except the flooder, which
+/// is loud but works.
 const CROWD: &[(&str, &str, &str, &str)] = &[
     ("sleeper", "guest_hostile", "filter", "sleep"),
     ("shouter", "guest_hostile", "filter", "huge-error"),
@@ -287,10 +323,13 @@ async fn a_crowd_of_hostile_plugins_cannot_starve_a_healthy_subscription_or_the_
             Some(file) => wat_component(file, role),
             None => plugin_wasm(guest),
         };
-        let (content_type, form) = plugin_form(
-            &[("name", name), ("version", "1.0.0"), ("role", role)],
-            Some(&wasm),
-        );
+        let mut fields = vec![("name", *name), ("version", "1.0.0"), ("role", *role)];
+        if *name == "flooder" {
+            // It works, given time: on a busy machine it must not be cut
+            // short by the defaults the hostile ones are stopped by.
+            fields.extend([("cpu_deadline_ms", "5000"), ("wall_deadline_ms", "30000")]);
+        }
+        let (content_type, form) = plugin_form(&fields, Some(&wasm));
         let response = http
             .post(api("/1/Plugin"))
             .header("content-type", content_type)
