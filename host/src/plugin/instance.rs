@@ -111,21 +111,14 @@ impl PluginInstance {
         if self.live.is_some() {
             return Ok(());
         }
-        let now = Instant::now();
-        if let Err(open) = self.breaker.check(now) {
-            return Err(PluginError::Suspended {
-                failures: open.failures,
-                retry_in: open.until - now,
-                last: open.last_failure,
-            });
-        }
+        self.check_breaker()?;
         match self.instantiate().await {
             Ok(live) => {
                 self.live = Some(live);
                 Ok(())
             }
             Err(error) => {
-                self.breaker.failed(Instant::now(), &error.to_string());
+                self.failed(&error);
                 Err(error)
             }
         }
@@ -169,31 +162,40 @@ impl PluginInstance {
                 self.compiled.role()
             )));
         }
-        let now = Instant::now();
-        if let Err(open) = self.breaker.check(now) {
-            return Err(PluginError::Suspended {
-                failures: open.failures,
-                retry_in: open.until - now,
-                last: open.last_failure,
-            });
-        }
+        self.check_breaker()?;
         let result = self.call_live(call).await;
         match &result {
             Ok(_) => self.breaker.succeeded(),
-            Err(error) => {
-                if let Some(back_off) = self.breaker.failed(Instant::now(), &error.to_string()) {
-                    tracing::warn!(
-                        sha256 = %self.compiled.sha256(),
-                        role = %self.compiled.role(),
-                        failures = self.breaker.failures(),
-                        back_off_ms = back_off.as_millis() as u64,
-                        error = %error,
-                        "Plugin keeps failing; suspended."
-                    );
-                }
-            }
+            Err(error) => self.failed(error),
         }
         result
+    }
+
+    /// `Err` while the breaker keeps the plugin suspended.
+    fn check_breaker(&self) -> Result<(), PluginError> {
+        let now = Instant::now();
+        self.breaker
+            .check(now)
+            .map_err(|open| PluginError::Suspended {
+                failures: open.failures,
+                retry_in: open.until - now,
+                last: open.last_failure,
+            })
+    }
+
+    /// Counts a failed entry with the breaker, and says so when it suspends
+    /// the plugin.
+    fn failed(&mut self, error: &PluginError) {
+        if let Some(back_off) = self.breaker.failed(Instant::now(), &error.to_string()) {
+            tracing::warn!(
+                sha256 = %self.compiled.sha256(),
+                role = %self.compiled.role(),
+                failures = self.breaker.failures(),
+                back_off_ms = back_off.as_millis() as u64,
+                error = %error,
+                "Plugin keeps failing; suspended."
+            );
+        }
     }
 
     async fn call_live(&mut self, call: Call) -> Result<Answer, PluginError> {

@@ -80,8 +80,7 @@ impl CpuMeter {
     /// Starts a new entry at zero.
     pub(crate) fn reset(&self) {
         self.used_ns.store(0, Ordering::Relaxed);
-        self.slice_start_ns
-            .store(thread_cpu_ns(), Ordering::Relaxed);
+        self.start_slice();
     }
 
     fn start_slice(&self) {

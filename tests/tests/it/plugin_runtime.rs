@@ -107,6 +107,20 @@ async fn field_match(engine: &PluginEngine) -> PluginInstance {
     .unwrap()
 }
 
+/// Twenty calls of a well-behaved filter, each checked.
+async fn twenty_healthy_calls(engine: &PluginEngine) {
+    let mut healthy = field_match(engine).await;
+    for offset in 0..20 {
+        assert_eq!(
+            healthy
+                .filter(vec![message(offset, r#"{"k":1}"#)])
+                .await
+                .unwrap(),
+            [true]
+        );
+    }
+}
+
 // ---- What plugins answer ----
 
 #[tokio::test]
@@ -499,16 +513,7 @@ async fn a_sleeping_call_ends_at_its_wall_deadline_and_frees_its_thread() {
     let started = Instant::now();
     let sleeping = tokio::spawn(async move { sleeper.filter(vec![message(0, "{}")]).await });
 
-    let mut healthy = field_match(&engine).await;
-    for offset in 0..20 {
-        assert_eq!(
-            healthy
-                .filter(vec![message(offset, r#"{"k":1}"#)])
-                .await
-                .unwrap(),
-            [true]
-        );
-    }
+    twenty_healthy_calls(&engine).await;
     assert!(
         !sleeping.is_finished(),
         "the healthy calls ran while the sleeper slept"
@@ -540,16 +545,7 @@ async fn a_looping_plugin_shares_its_thread_with_the_others() {
     .await
     .unwrap();
     let stuck = tokio::spawn(async move { looping.filter(vec![message(0, "{}")]).await });
-    let mut healthy = field_match(&engine).await;
-    for offset in 0..20 {
-        assert_eq!(
-            healthy
-                .filter(vec![message(offset, r#"{"k":1}"#)])
-                .await
-                .unwrap(),
-            [true]
-        );
-    }
+    twenty_healthy_calls(&engine).await;
     assert!(
         !stuck.is_finished(),
         "the healthy calls took turns with the loop on the one thread"

@@ -284,6 +284,11 @@ async fn a_plugin_that_keeps_failing_is_suspended_alerts_and_recovers() {
     sys.app.stop().await;
 }
 
+/// Sends a request and reads its JSON answer.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// The hostile guests of the crowd test: (plugin, crate or WAT file, role,
 /// configuration). Each misbehaves on every batch, except the flooder, which
 /// is loud but works.
@@ -357,15 +362,7 @@ async fn a_crowd_of_hostile_plugins_cannot_starve_a_healthy_subscription_or_the_
                 "policy" => body["source"][0]["policy_plugin"] = plugin,
                 _ => body["configuration"]["serialiser_plugin"] = plugin,
             }
-            let created: Value = http
-                .post(api("/1/Subscription"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let created = json_of(http.post(api("/1/Subscription")).json(&body)).await;
             let id = created["id"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{created}"));
@@ -375,15 +372,7 @@ async fn a_crowd_of_hostile_plugins_cannot_starve_a_healthy_subscription_or_the_
     let mut healthy = subscription("healthy", &receiver.url, &["orders"]);
     healthy["configuration"]["batching"] =
         json!({"max_batch_size": 50, "max_batch_interval_seconds": 1});
-    let created: Value = http
-        .post(api("/1/Subscription"))
-        .json(&healthy)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = json_of(http.post(api("/1/Subscription")).json(&healthy)).await;
     let healthy_id = created["id"].as_str().unwrap().to_string();
 
     // Produce while the API is polled: it must answer every time.
@@ -429,14 +418,7 @@ async fn a_crowd_of_hostile_plugins_cannot_starve_a_healthy_subscription_or_the_
     let deadline = Instant::now() + Duration::from_secs(180);
     for (name, id) in &hostile {
         loop {
-            let status: Value = http
-                .get(api(&format!("/1/Subscription/{id}/Status")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status = json_of(http.get(api(&format!("/1/Subscription/{id}/Status")))).await;
             let counts = &status["counts"];
             let total: i64 = ["delivered", "filtered", "denied", "dead_lettered"]
                 .iter()
@@ -464,14 +446,7 @@ async fn a_crowd_of_hostile_plugins_cannot_starve_a_healthy_subscription_or_the_
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    let status: Value = http
-        .get(api(&format!("/1/Subscription/{healthy_id}/Status")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = json_of(http.get(api(&format!("/1/Subscription/{healthy_id}/Status")))).await;
     assert_eq!(status["status"], "healthy", "{status}");
 
     latencies.sort_unstable();

@@ -74,11 +74,15 @@ pub enum Answer {
     Decisions(Vec<Decision>),
 }
 
-/// The exports of an instantiated plugin: `init` and the role's batch function.
+/// The exports of an instantiated plugin: `init` and the role's batch
+/// function. Which role is the caller's to check ([`PluginInstance::call`]
+/// does, before anything runs): a call of another role fails wasmtime's type
+/// check of the export.
+///
+/// [`PluginInstance::call`]: super::PluginInstance::call
 pub(crate) struct Exports {
     init: Func,
     batch: Func,
-    role: PluginRole,
 }
 
 impl Exports {
@@ -102,7 +106,6 @@ impl Exports {
         Ok(Exports {
             init: func(store, "init")?,
             batch: func(store, batch_name)?,
-            role,
         })
     }
 
@@ -129,13 +132,6 @@ impl Exports {
         store: &mut Store<HostState>,
         call: &Call,
     ) -> wasmtime::Result<Result<Answer, PluginError>> {
-        if call.role() != self.role {
-            return Ok(Err(PluginError::Runtime(format!(
-                "called as a {}, but this plugin is a {}",
-                call.role(),
-                self.role
-            ))));
-        }
         let batch = match call {
             Call::Filter(batch) | Call::Serialise(batch) | Call::Authorise(_, batch) => batch,
         };
