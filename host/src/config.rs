@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::domain::AccessToken;
 use crate::logging::LogFormat;
 use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
 
@@ -147,17 +148,52 @@ pub struct Cli {
     #[arg(long, env = "WASMHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// The admin's bearer token (`whk_` and at least 32 letters or digits).
+    /// Unset: the first start generates one and prints it once.
+    #[arg(long, env = "WASMHOOK_ADMIN_TOKEN", value_parser = parse_token, hide_env_values = true, global = true)]
+    pub admin_token: Option<AccessToken>,
+
     /// Fewest time between two alert emails about one subscription.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub alert_interval: Duration,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Serve the REST API and deliver (the default).
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Manage API tokens directly in the registry (no server needed).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token and print it (only the token, on stdout).
+    Create {
+        /// An admin token.
+        #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
+        admin: bool,
+        /// A token for this tenant (its id).
+        #[arg(long)]
+        tenant: Option<uuid::Uuid>,
+        /// A note shown when tokens are listed.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Lifetime, e.g. 90d; unset: the token does not expire.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+}
+
+fn parse_token(value: &str) -> Result<AccessToken, String> {
+    AccessToken::parse(value).map_err(|e| {
+        format!("{e}; generate one with: echo whk_$(head -c 30 /dev/urandom | base64 | tr -dc A-Za-z0-9)")
+    })
 }
 
 /// Where a consumer group with no committed offset starts.
@@ -188,6 +224,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub delivery: DeliverySettings,
     pub smtp: Option<SmtpSettings>,
+    /// The configured admin token (its `Debug` shows only the public prefix).
+    pub admin_token: Option<AccessToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +310,7 @@ impl Cli {
                 port: self.smtp_port,
                 from: self.smtp_from.clone(),
             }),
+            admin_token: self.admin_token.clone(),
         }
     }
 }
@@ -295,6 +334,24 @@ mod tests {
         let cli = Cli::try_parse_from(["wasmhook", "--log-format", "json"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["wasmhook", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn an_admin_token_must_look_like_one() {
+        let good = format!("whk_{}", "a".repeat(40));
+        let cli = Cli::try_parse_from(["wasmhook", "--admin-token", &good]).unwrap();
+        assert_eq!(cli.admin_token.unwrap().reveal(), good);
+        assert!(Cli::try_parse_from(["wasmhook", "--admin-token", "secret"]).is_err());
+    }
+
+    #[test]
+    fn token_create_needs_admin_or_a_tenant() {
+        assert!(Cli::try_parse_from(["wasmhook", "token", "create"]).is_err());
+        assert!(Cli::try_parse_from(["wasmhook", "token", "create", "--admin"]).is_ok());
+        let tenant = uuid::Uuid::new_v4().to_string();
+        assert!(
+            Cli::try_parse_from(["wasmhook", "token", "create", "--tenant", &tenant]).is_ok()
+        );
     }
 
     #[test]

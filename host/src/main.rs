@@ -4,7 +4,8 @@
 use anyhow::Context;
 use clap::Parser;
 use wasmhook::broker::EmbeddedBroker;
-use wasmhook::config::{Cli, Command};
+use wasmhook::config::{Cli, Command, TokenCommand};
+use wasmhook::domain::AccessToken;
 use wasmhook::registry::Registry;
 use wasmhook::startup::Application;
 
@@ -20,10 +21,14 @@ async fn serve() -> anyhow::Result<()> {
     let cli = Cli::parse();
     wasmhook::logging::init(cli.log_format);
 
-    if let Some(Command::Migrate) = cli.command {
-        Registry::open(&cli.database_url).await?;
-        println!("Migrations applied to {}.", cli.database_url);
-        return Ok(());
+    match &cli.command {
+        Some(Command::Migrate) => {
+            Registry::open(&cli.database_url).await?;
+            println!("Migrations applied to {}.", cli.database_url);
+            return Ok(());
+        }
+        Some(Command::Token { action }) => return token_command(&cli, action).await,
+        Some(Command::Serve) | None => {}
     }
 
     // The embedded broker must outlive the application.
@@ -41,6 +46,13 @@ async fn serve() -> anyhow::Result<()> {
         "wasmhook is serving the REST API on http://{}",
         app.local_addr()
     );
+    if let Some(token) = app.generated_admin_token() {
+        // Printed, never logged: it is stored only as a hash and shown this once.
+        println!(
+            "Generated the admin token (shown once; keep it, send it as Authorization: Bearer …): {}",
+            token.reveal()
+        );
+    }
     if embedded.is_some() {
         println!(
             "Embedded Kafka broker (IN-MEMORY, for trying things out; nothing survives a restart): {brokers}"
@@ -53,6 +65,39 @@ async fn serve() -> anyhow::Result<()> {
     }
     app.run_until_stopped(shutdown_signal()).await?;
     drop(embedded);
+    Ok(())
+}
+
+/// `wasmhook token create`: mints a token straight into the registry and
+/// prints only the token on stdout, so scripts can capture it.
+async fn token_command(cli: &Cli, action: &TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create {
+        admin: _,
+        tenant,
+        label,
+        expires_in,
+    } = action;
+    let registry = Registry::open(&cli.database_url).await?;
+    if let Some(tenant) = tenant
+        && registry.get_tenant(*tenant).await?.is_none()
+    {
+        anyhow::bail!("no tenant with id {tenant}");
+    }
+    let expires_at = expires_in
+        .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
+        .transpose()
+        .context("--expires-in is too long")?;
+    let token = AccessToken::generate();
+    let stored = registry
+        .insert_token(&token, *tenant, label, expires_at)
+        .await?;
+    registry.close().await;
+    eprintln!(
+        "Minted {} token {} (shown once; stored only as a hash).",
+        if tenant.is_some() { "a tenant" } else { "an admin" },
+        stored.id
+    );
+    println!("{}", token.reveal());
     Ok(())
 }
 

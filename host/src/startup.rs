@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::delivery::Supervisor;
+use crate::domain::AccessToken;
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
 
@@ -24,6 +25,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     settings: Settings,
+    generated_admin_token: Option<AccessToken>,
 }
 
 impl Application {
@@ -36,6 +38,9 @@ impl Application {
                     redact_url(&settings.database_url)
                 )
             })?;
+        let generated_admin_token = bootstrap_admin(&registry, settings.admin_token.as_ref())
+            .await
+            .context("setting up the admin token")?;
         // One engine for the API (compiling uploads) and every pipeline, so a
         // component compiled at upload is reused from the cache by sha256.
         let engine =
@@ -52,7 +57,14 @@ impl Application {
                 max_plugin_bytes: settings.delivery.plugins.max_component_bytes,
             },
             settings,
+            generated_admin_token,
         })
+    }
+
+    /// The admin token this start generated (none was configured and none
+    /// existed): the caller shows it once.
+    pub fn generated_admin_token(&self) -> Option<&AccessToken> {
+        self.generated_admin_token.as_ref()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -103,6 +115,26 @@ impl Application {
         self.state.registry.close().await;
         served
     }
+}
+
+/// Makes the configured admin token valid, or generates one when none is
+/// configured and no admin token exists (returned, to be shown once).
+async fn bootstrap_admin(
+    registry: &Registry,
+    configured: Option<&AccessToken>,
+) -> anyhow::Result<Option<AccessToken>> {
+    if let Some(token) = configured {
+        registry.set_configured_admin_token(token).await?;
+        return Ok(None);
+    }
+    if registry.has_admin_token().await? {
+        return Ok(None);
+    }
+    let token = AccessToken::generate();
+    registry
+        .insert_token(&token, None, "generated at first start", None)
+        .await?;
+    Ok(Some(token))
 }
 
 /// The URL without its password, for messages.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::Principal;
 use super::json::ApiJson;
 use super::subscriptions::shown_status;
 use crate::api::ApiError;
@@ -54,14 +55,20 @@ fn parse(request: AdminRequest) -> Result<(PlatformStatus, String), ValidationEr
     }
 }
 
-pub(super) async fn get(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    overview(&state).await.map(Json)
+/// Anyone may read the switch; a tenant sees only its own webhooks in it.
+pub(super) async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    overview(&state, &principal).await.map(Json)
 }
 
 pub(super) async fn set(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(request): ApiJson<AdminRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    principal.require_admin("switching the platform online or offline")?;
     let (status, message) = parse(request).map_err(ApiError::Validation)?;
     let previous = state.registry.set_admin_state(status, &message).await?;
     if previous.status != status {
@@ -82,16 +89,17 @@ pub(super) async fn set(
         tracing::warn!(status = status.as_str(), message = %message, "Platform switched.");
     }
     state.changes.notify_one();
-    overview(&state).await.map(Json)
+    overview(&state, &principal).await.map(Json)
 }
 
-async fn overview(state: &AppState) -> Result<Value, ApiError> {
+async fn overview(state: &AppState, principal: &Principal) -> Result<Value, ApiError> {
     let admin = state.registry.admin_state().await?;
     let webhooks: Vec<Value> = state
         .registry
         .list_subscriptions()
         .await?
         .iter()
+        .filter(|s| principal.sees(s.tenant_id))
         .map(|s| {
             json!({
                 "id": s.id,

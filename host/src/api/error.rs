@@ -25,6 +25,12 @@ pub enum ApiError {
     /// An upload that is not a usable plugin; `code` says which way.
     #[error("{message}")]
     InvalidPlugin { code: &'static str, message: String },
+    /// No usable bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -57,6 +63,8 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidPlugin { code, .. } => (StatusCode::BAD_REQUEST, *code),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -72,6 +80,10 @@ impl From<RegistryError> for ApiError {
             RegistryError::Conflict | RegistryError::Duplicate(_) => {
                 ApiError::Conflict(error.to_string())
             }
+            RegistryError::BadCursor => ApiError::InvalidField {
+                field: "cursor".into(),
+                message: error.to_string(),
+            },
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -109,6 +121,13 @@ impl IntoResponse for ApiError {
             message,
             errors,
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

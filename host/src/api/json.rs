@@ -66,3 +66,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     Ok(value)
 }
+
+/// 415 unless the request says its body is JSON (`application/json`, with
+/// parameters allowed): browsers may send other types cross-site without
+/// asking first, so accepting them would let any web page call the API.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let sent = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let essence = sent
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if essence == "application/json" {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "the body must be sent as content-type: application/json, got {}",
+            sent.map_or("none".to_string(), |s| format!("{s:?}"))
+        )))
+    }
+}

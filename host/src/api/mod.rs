@@ -1,26 +1,35 @@
-//! The REST API: subscriptions, their status, the admin switch, plugins.
+//! The REST API: subscriptions, their status, the admin switch, plugins,
+//! tenants and tokens.
 //!
 //! Routes: `/1/Subscription` (create, list), `/1/Subscription/{id}` (get, replace,
 //! delete), `/1/Subscription/{id}/Status`, `/1/EventNotificationAdmin` (get, set),
-//! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete) and `/healthz`. Handlers parse into domain types, talk to the registry and poke
-//! the delivery supervisor; they hold no delivery logic.
+//! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete),
+//! `/1/Tenant` (create, list), `/1/Tenant/{id}` (get, replace, delete),
+//! `/1/Tenant/{id}/Token` (mint), `/1/Token` (mint own, list),
+//! `/1/Token/{id}` (revoke), and the unauthenticated `/healthz` and `/readyz`.
+//! Every other route needs a bearer token ([`auth`]). Handlers parse into
+//! domain types, talk to the registry and poke the delivery supervisor; they
+//! hold no delivery logic. List routes page with `limit` and `cursor`; the
+//! next page's URL is in the `link` header (`rel="next"`).
 
 mod admin;
+pub mod auth;
 pub mod error;
 pub mod json;
 mod plugins;
 mod subscriptions;
+mod tenants;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::Method;
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::routing::{delete, get, post};
 use tokio::sync::Notify;
 
 use crate::plugin::PluginEngine;
-use crate::registry::Registry;
+use crate::registry::{Cursor, Page, Registry};
 pub use error::ApiError;
 use json::BodyLimit;
 
@@ -66,9 +75,27 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             "/1/EventNotificationAdmin",
             get(admin::get).post(admin::set),
         )
+        .route("/1/Tenant", get(tenants::list).post(tenants::create))
+        .route(
+            "/1/Tenant/{id}",
+            get(tenants::get)
+                .put(tenants::replace)
+                .delete(tenants::delete),
+        )
+        .route("/1/Tenant/{id}/Token", post(tenants::create_tenant_token))
+        .route(
+            "/1/Token",
+            get(tenants::list_tokens).post(tenants::create_own_token),
+        )
+        .route("/1/Token/{id}", delete(tenants::revoke_token))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyLimit(body_limit)))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -78,6 +105,51 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 /// Liveness: 200 and the body `OK`.
 async fn healthz() -> &'static str {
     "OK"
+}
+
+/// Readiness: 200 `OK` when the registry answers, else 503.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    match state.registry.ping().await {
+        Ok(()) => (StatusCode::OK, "OK"),
+        Err(error) => {
+            tracing::warn!(error = %error, "Not ready: the registry does not answer.");
+            (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable")
+        }
+    }
+}
+
+/// `limit` and `cursor` of a list route.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    pub(crate) fn page(&self) -> Result<Page, ApiError> {
+        Page::parse(self.limit.as_deref(), self.cursor.as_deref()).map_err(|(field, message)| {
+            ApiError::InvalidField {
+                field: field.into(),
+                message,
+            }
+        })
+    }
+}
+
+/// `link: <path?limit=…&cursor=…>; rel="next"` when there is a next page.
+pub(crate) fn next_page_headers(path: &str, page: &Page, next: Option<&Cursor>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(next) = next {
+        let link = format!(
+            "<{path}?limit={}&cursor={}>; rel=\"next\"",
+            page.limit,
+            next.encode()
+        );
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.insert(axum::http::header::LINK, value);
+        }
+    }
+    headers
 }
 
 async fn not_found(method: Method, request: Request) -> ApiError {

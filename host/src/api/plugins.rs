@@ -15,13 +15,14 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::auth::Principal;
 use super::json::BodyLimit;
+use super::{AppState, ListQuery, next_page_headers};
 use crate::api::ApiError;
 use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};
 use crate::plugin::limits::LIMIT_FIELDS;
 use crate::plugin::{HostLimits, PluginError, RequestedLimits};
-use crate::registry::StoredPlugin;
+use crate::registry::{Page, PluginOwner, StoredPlugin};
 
 /// A plugin as responses show it: `limits` are those its instances run
 /// under (what it asked for at upload, or this host's defaults).
@@ -30,6 +31,8 @@ fn plugin_body(plugin: &StoredPlugin, host: &HostLimits) -> Value {
     json!({
         "name": plugin.name,
         "version": plugin.version,
+        "shared": plugin.owner == PluginOwner::Shared,
+        "tenant_id": plugin.owner.tenant(),
         "role": plugin.role.as_str(),
         "sha256": plugin.sha256,
         "size": plugin.size,
@@ -128,6 +131,7 @@ async fn read_multipart(request: Request, state: &AppState) -> Result<Upload, Ap
 
 pub(super) async fn upload(
     State(state): State<AppState>,
+    principal: Principal,
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -229,11 +233,13 @@ pub(super) async fn upload(
         return Err(ApiError::Validation(ValidationErrors(errors)));
     };
 
+    // A tenant's upload is private to it; the admin's is shared with all.
+    let owner = PluginOwner::of(principal.tenant_id());
     // Fail fast on a duplicate before spending seconds compiling; the insert
     // below is what actually guarantees it.
     if state
         .registry
-        .get_plugin(name.as_str(), version.as_str())
+        .get_plugin(owner, name.as_str(), version.as_str())
         .await?
         .is_some()
     {
@@ -250,6 +256,7 @@ pub(super) async fn upload(
     let stored = state
         .registry
         .insert_plugin(
+            owner,
             name.as_str(),
             version.as_str(),
             role,
@@ -284,23 +291,67 @@ fn rejected(role: PluginRole, error: PluginError) -> ApiError {
     }
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let all = state.registry.list_plugins().await?;
+pub(super) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListQuery>,
+) -> Result<(axum::http::HeaderMap, Json<Value>), ApiError> {
+    let page = query.page()?;
+    let listing = state
+        .registry
+        .list_plugins_page(principal.tenant_id(), &page)
+        .await?;
     let host = state.engine.limits();
-    Ok(Json(Value::Array(
-        all.iter().map(|p| plugin_body(p, host)).collect(),
-    )))
+    Ok((
+        next_page_headers("/1/Plugin", &page, listing.next.as_ref()),
+        Json(Value::Array(
+            listing.items.iter().map(|p| plugin_body(p, host)).collect(),
+        )),
+    ))
+}
+
+/// `?tenant=ID`: the admin addressing a tenant's private plugin (without it,
+/// the shared one).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct OwnerQuery {
+    tenant: Option<String>,
+}
+
+/// The plugin a caller means by `name`/`version`: a tenant sees its own, then
+/// the shared one; the admin the shared one, or a tenant's with `?tenant=`.
+async fn find(
+    state: &AppState,
+    principal: &Principal,
+    query: &OwnerQuery,
+    name: &str,
+    version: &str,
+) -> Result<StoredPlugin, ApiError> {
+    let found = match (principal.tenant_id(), &query.tenant) {
+        (Some(tenant), _) => state.registry.resolve_plugin(Some(tenant), name, version).await?,
+        (None, None) => {
+            state
+                .registry
+                .get_plugin(PluginOwner::Shared, name, version)
+                .await?
+        }
+        (None, Some(raw)) => {
+            let tenant = super::parse_id(raw, "tenant")?;
+            state
+                .registry
+                .get_plugin(PluginOwner::Tenant(tenant), name, version)
+                .await?
+        }
+    };
+    found.ok_or_else(|| not_found(name, version))
 }
 
 pub(super) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<OwnerQuery>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let plugin = state
-        .registry
-        .get_plugin(&name, &version)
-        .await?
-        .ok_or_else(|| not_found(&name, &version))?;
+    let plugin = find(&state, &principal, &query, &name, &version).await?;
     Ok(Json(plugin_body(&plugin, state.engine.limits())))
 }
 
@@ -308,33 +359,77 @@ fn not_found(name: &str, version: &str) -> ApiError {
     ApiError::NotFound(format!("no plugin {name} version {version}"))
 }
 
+/// What still uses `plugin`: subscriptions whose names resolve to it, and
+/// tenants that have it as their mandatory policy.
+async fn users_of(state: &AppState, plugin: &StoredPlugin) -> Result<Vec<String>, ApiError> {
+    let (name, version) = (plugin.name.as_str(), plugin.version.as_str());
+    let mut users = Vec::new();
+    for subscription in state.registry.list_subscriptions().await? {
+        if !subscription.spec.uses_plugin(name, version) {
+            continue;
+        }
+        let resolves_here = match plugin.owner {
+            PluginOwner::Tenant(owner) => subscription.tenant_id == Some(owner),
+            // A tenant's own copy of the name would hide the shared one.
+            PluginOwner::Shared => match subscription.tenant_id {
+                None => true,
+                Some(tenant) => state
+                    .registry
+                    .get_plugin(PluginOwner::Tenant(tenant), name, version)
+                    .await?
+                    .is_none(),
+            },
+        };
+        if resolves_here {
+            users.push(format!("subscription {}", subscription.id));
+        }
+    }
+    if plugin.owner == PluginOwner::Shared {
+        let mut page = Page::default();
+        loop {
+            let listing = state.registry.list_tenants(&page).await?;
+            for tenant in &listing.items {
+                if tenant.spec.mandatory_policy.as_ref().is_some_and(|p| {
+                    p.name.as_str() == name && p.version.as_str() == version
+                }) {
+                    users.push(format!("tenant {} (mandatory policy)", tenant.spec.name.as_str()));
+                }
+            }
+            match listing.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(users)
+}
+
 pub(super) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<OwnerQuery>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let plugin = state
-        .registry
-        .get_plugin(&name, &version)
-        .await?
-        .ok_or_else(|| not_found(&name, &version))?;
+    let plugin = find(&state, &principal, &query, &name, &version).await?;
+    if !principal.sees(plugin.owner.tenant()) {
+        return Err(ApiError::Forbidden(format!(
+            "plugin {name} version {version} is shared; only the admin may delete it"
+        )));
+    }
     // Not atomic with the delete: a subscription attached in between keeps a
     // dangling reference, and its pipeline reports the plugin missing.
-    let users: Vec<String> = state
-        .registry
-        .list_subscriptions()
-        .await?
-        .iter()
-        .filter(|s| s.spec.uses_plugin(&name, &version))
-        .map(|s| s.id.to_string())
-        .collect();
+    let users = users_of(&state, &plugin).await?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!(
-            "plugin {name} version {version} is used by subscription{} {}; detach it first",
-            if users.len() == 1 { "" } else { "s" },
+            "plugin {name} version {version} is used by {}; detach it first",
             users.join(", ")
         )));
     }
-    if !state.registry.delete_plugin(&name, &version).await? {
+    if !state
+        .registry
+        .delete_plugin(plugin.owner, &name, &version)
+        .await?
+    {
         return Err(not_found(&name, &version));
     }
     let still_stored = state

@@ -1,13 +1,14 @@
 //! `/1/Subscription` handlers: create, list, get, replace, delete and status.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
+use super::auth::Principal;
 use super::json::ApiJson;
-use super::{AppState, parse_id};
+use super::{AppState, ListQuery, next_page_headers, parse_id};
 use crate::api::ApiError;
 use crate::domain::{FieldError, SubscriptionRequest, SubscriptionSpec, ValidationErrors};
 use crate::plugin::PluginError;
@@ -20,6 +21,9 @@ pub(super) fn subscription_body(stored: &StoredSubscription) -> Value {
     let mut body = serde_json::Map::new();
     body.insert("id".into(), json!(stored.id));
     body.insert("kind".into(), json!("Webhook"));
+    if let Some(tenant) = stored.tenant_id {
+        body.insert("tenant_id".into(), json!(tenant));
+    }
     if let Value::Object(spec) = stored.spec.to_public_json() {
         body.extend(spec);
     }
@@ -30,6 +34,7 @@ pub(super) fn subscription_body(stored: &StoredSubscription) -> Value {
 
 pub(super) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(request): ApiJson<SubscriptionRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if request.id.is_some() {
@@ -39,11 +44,13 @@ pub(super) async fn create(
         });
     }
     let spec = SubscriptionSpec::parse(request, None).map_err(ApiError::Validation)?;
-    check_plugins(&state, &spec).await?;
+    principal.may_read(spec.topics())?;
+    let tenant = principal.tenant_id();
+    check_plugins(&state, tenant, &spec).await?;
     let secret = SigningSecret::generate();
     let stored = state
         .registry
-        .create_subscription(&spec, secret.as_str())
+        .create_subscription(tenant, &spec, secret.as_str())
         .await?;
     if spec.active.is_active() {
         state
@@ -62,12 +69,17 @@ pub(super) async fn create(
 /// Checks that every attached plugin is uploaded, has the role it is attached
 /// as, starts within its limits and accepts its configuration (its `init` is
 /// run once, in a throwaway instance), reporting every failure with the field
-/// path that attaches it. The plugins are tried at once, so the answer takes
-/// as long as the slowest, which its wall-clock deadline bounds.
-async fn check_plugins(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+/// path that attaches it. Names resolve as `tenant` sees them (its own
+/// plugins, then the shared ones). The plugins are tried at once, so the
+/// answer takes as long as the slowest, which its wall-clock deadline bounds.
+async fn check_plugins(
+    state: &AppState,
+    tenant: Option<uuid::Uuid>,
+    spec: &SubscriptionSpec,
+) -> Result<(), ApiError> {
     let attached = spec.plugins();
     let tries = attached.iter().map(|(_, role, attachment)| {
-        instantiate(&state.registry, &state.engine, attachment, *role)
+        instantiate(&state.registry, &state.engine, tenant, attachment, *role)
     });
     let outcomes = futures::future::join_all(tries).await;
     let mut errors = Vec::new();
@@ -104,35 +116,55 @@ async fn check_plugins(state: &AppState, spec: &SubscriptionSpec) -> Result<(), 
     }
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let all = state.registry.list_subscriptions().await?;
-    Ok(Json(Value::Array(
-        all.iter().map(subscription_body).collect(),
-    )))
+pub(super) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListQuery>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let page = query.page()?;
+    let listing = state
+        .registry
+        .list_subscriptions_page(principal.tenant_id(), &page)
+        .await?;
+    Ok((
+        next_page_headers("/1/Subscription", &page, listing.next.as_ref()),
+        Json(Value::Array(
+            listing.items.iter().map(subscription_body).collect(),
+        )),
+    ))
 }
 
-async fn load(state: &AppState, raw_id: &str) -> Result<StoredSubscription, ApiError> {
+/// The subscription with this id if the caller may see it: another tenant's
+/// is a 404, as if it did not exist.
+async fn load(
+    state: &AppState,
+    principal: &Principal,
+    raw_id: &str,
+) -> Result<StoredSubscription, ApiError> {
     let id = parse_id(raw_id, "subscription")?;
     state
         .registry
         .get_subscription(id)
         .await?
+        .filter(|s| principal.sees(s.tenant_id))
         .ok_or_else(|| ApiError::NotFound(format!("no subscription with id {id}")))
 }
 
 pub(super) async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(subscription_body(&load(&state, &id).await?)))
+    Ok(Json(subscription_body(&load(&state, &principal, &id).await?)))
 }
 
 pub(super) async fn replace(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<SubscriptionRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let current = load(&state, &id).await?;
+    let current = load(&state, &principal, &id).await?;
     if let Some(body_id) = &request.id
         && body_id.parse() != Ok(current.id)
     {
@@ -143,7 +175,10 @@ pub(super) async fn replace(
     }
     let spec =
         SubscriptionSpec::parse(request, Some(&current.spec)).map_err(ApiError::Validation)?;
-    check_plugins(&state, &spec).await?;
+    principal.may_read(spec.topics())?;
+    // The owner's view, even when the admin edits a tenant's subscription:
+    // that is how its pipeline will resolve the names.
+    check_plugins(&state, current.tenant_id, &spec).await?;
     let stored = state.registry.replace_subscription(&current, &spec).await?;
     let (was, is) = (current.spec.active.is_active(), spec.active.is_active());
     if was != is {
@@ -162,9 +197,10 @@ pub(super) async fn replace(
 
 pub(super) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id, "subscription")?;
+    let id = load(&state, &principal, &id).await?.id;
     if !state.registry.delete_subscription(id).await? {
         return Err(ApiError::NotFound(format!("no subscription with id {id}")));
     }
@@ -204,9 +240,10 @@ fn activity_body(entry: &ActivityEntry) -> Value {
 
 pub(super) async fn status(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let stored = load(&state, &id).await?;
+    let stored = load(&state, &principal, &id).await?;
     let admin = state.registry.admin_state().await?;
     let activity = state.registry.recent_activity(stored.id).await?;
     let dead_letters = state.registry.recent_dead_letters(stored.id).await?;

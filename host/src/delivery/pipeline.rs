@@ -64,6 +64,10 @@ pub enum PipelineError {
     Subscribe(#[source] KafkaError),
     #[error("the stored signing secret is unusable: {0}")]
     Secret(String),
+    /// Its tenant (and so its mandatory policy) could not be read: nothing
+    /// is delivered without it.
+    #[error("could not read the subscription's tenant: {0}")]
+    Tenant(String),
 }
 
 /// Counts rebalances, so the loop can tell that the batch it holds may contain
@@ -110,6 +114,8 @@ enum Ending {
 
 pub struct Pipeline {
     id: Uuid,
+    /// The owning tenant (`None`: the admin).
+    tenant: Option<Uuid>,
     spec: SubscriptionSpec,
     target: Target,
     health: Health,
@@ -133,6 +139,7 @@ impl Pipeline {
         });
         Ok(Self {
             id: stored.id,
+            tenant: stored.tenant_id,
             target: Target {
                 url: spec.destination.webhook.url.url().clone(),
                 headers: spec.destination.webhook.headers.clone(),
@@ -180,9 +187,23 @@ impl Pipeline {
     }
 
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
+        let mandatory = match self.tenant {
+            None => None,
+            Some(tenant) => self
+                .shared
+                .registry
+                .get_tenant(tenant)
+                .await
+                .map_err(|e| PipelineError::Tenant(e.to_string()))?
+                .ok_or_else(|| PipelineError::Tenant(format!("tenant {tenant} no longer exists")))?
+                .spec
+                .mandatory_policy,
+        };
         let mut plugins = PluginStages::new(
             self.id,
             &self.spec,
+            self.tenant,
+            mandatory.as_ref(),
             &self.shared.registry,
             &self.shared.engine,
         );

@@ -10,6 +10,9 @@
 //! be loaded or is suspended — fails the whole attempt, which the pipeline
 //! retries and finally dead-letters: nothing is dropped because a plugin
 //! broke or the host was slow. It does not send, retry or commit.
+//!
+//! A tenant's mandatory policy (set by the admin on the tenant) runs on every
+//! topic after the subscription's own policy, and sees its redactions.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -31,6 +34,9 @@ struct Slot {
     field: String,
     role: PluginRole,
     attachment: PluginAttachment,
+    /// Whose view resolves the plugin's name: the owning tenant's (its own,
+    /// else shared), or `None` for shared plugins only.
+    tenant: Option<Uuid>,
     /// Loaded on first use; kept (and rebuilt by itself) afterwards.
     instance: Option<PluginInstance>,
 }
@@ -48,7 +54,7 @@ impl Slot {
     ) -> Result<&mut PluginInstance, AttachmentError> {
         let instance = match self.instance.take() {
             Some(instance) => instance,
-            None => loader::load(registry, engine, &self.attachment, self.role)
+            None => loader::load(registry, engine, self.tenant, &self.attachment, self.role)
                 .await?
                 .deferred(engine, &self.attachment),
         };
@@ -115,6 +121,8 @@ pub struct PluginStages {
     engine: PluginEngine,
     filters: HashMap<String, Slot>,
     policies: HashMap<String, Slot>,
+    /// The tenant's mandatory policy, for every topic.
+    mandatory: Option<Slot>,
     serialiser: Option<Slot>,
 }
 
@@ -125,10 +133,13 @@ enum Fate {
 }
 
 impl PluginStages {
-    /// The stages of a subscription; nothing is loaded yet.
+    /// The stages of a subscription owned by `tenant` (`None`: the admin),
+    /// with the tenant's mandatory policy if it has one; nothing is loaded yet.
     pub fn new(
         id: Uuid,
         spec: &SubscriptionSpec,
+        tenant: Option<Uuid>,
+        mandatory: Option<&PluginAttachment>,
         registry: &Registry,
         engine: &PluginEngine,
     ) -> Self {
@@ -139,12 +150,20 @@ impl PluginStages {
             engine: engine.clone(),
             filters: HashMap::new(),
             policies: HashMap::new(),
+            mandatory: mandatory.map(|a| Slot {
+                field: "the tenant's mandatory_policy".into(),
+                role: PluginRole::Policy,
+                attachment: a.clone(),
+                tenant: None,
+                instance: None,
+            }),
             serialiser: None,
         };
         let slot = |field: String, role, attachment: &PluginAttachment| Slot {
             field,
             role,
             attachment: attachment.clone(),
+            tenant,
             instance: None,
         };
         for (i, source) in spec.source.iter().enumerate() {
@@ -179,6 +198,7 @@ impl PluginStages {
             .filters
             .values_mut()
             .chain(self.policies.values_mut())
+            .chain(self.mandatory.as_mut())
             .chain(self.serialiser.as_mut());
         for slot in slots {
             let warmed = match slot.instance(&registry, &engine).await {
@@ -198,7 +218,10 @@ impl PluginStages {
         &mut self,
         records: &'a [Record],
     ) -> Result<Prepared<'a>, StageFailure> {
-        let (kept, filtered, denied) = if self.filters.is_empty() && self.policies.is_empty() {
+        let (kept, filtered, denied) = if self.filters.is_empty()
+            && self.policies.is_empty()
+            && self.mandatory.is_none()
+        {
             (Cow::Borrowed(records), 0, 0)
         } else {
             self.screen(records).await?
@@ -247,7 +270,7 @@ impl PluginStages {
             }
         }
         let mut fates: Vec<Fate> = records.iter().map(|_| Fate::Keep).collect();
-        let mut redactions: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut redactions: HashMap<usize, Vec<u8>> = HashMap::new();
         for topic in topics {
             let mut indices: Vec<usize> = (0..records.len())
                 .filter(|&i| records[i].topic == topic)
@@ -269,13 +292,31 @@ impl PluginStages {
             if indices.is_empty() {
                 continue;
             }
-            if let Some(slot) = self.policies.get_mut(topic) {
-                let batch: Vec<Message> = indices.iter().map(|&i| message(&records[i])).collect();
-                let ctx = SubscriberContext {
-                    subscription_id: self.subscription.to_string(),
-                    subscription_name: self.subscription_name.clone(),
-                    topic: topic.to_string(),
-                };
+            let ctx = SubscriberContext {
+                subscription_id: self.subscription.to_string(),
+                subscription_name: self.subscription_name.clone(),
+                topic: topic.to_string(),
+            };
+            let chain = self
+                .policies
+                .get_mut(topic)
+                .into_iter()
+                .chain(self.mandatory.as_mut());
+            for slot in chain {
+                if indices.is_empty() {
+                    break;
+                }
+                let batch: Vec<Message> = indices
+                    .iter()
+                    .map(|&i| {
+                        let mut m = message(&records[i]);
+                        if let Some(value) = redactions.get(&i) {
+                            m.value = value.clone();
+                        }
+                        m
+                    })
+                    .collect();
+                let ctx = ctx.clone();
                 let decisions = slot
                     .run(&self.registry, &self.engine, async |p| {
                         p.authorise(ctx, batch).await
@@ -288,21 +329,19 @@ impl PluginStages {
                             tracing::debug!(subscription = %self.subscription, topic = %topic, offset = records[i].offset, reason = %reason, "Message denied by policy.");
                             fates[i] = Fate::Denied;
                         }
-                        Decision::Redact(value) => redactions.push((i, value)),
+                        Decision::Redact(value) => {
+                            redactions.insert(i, value);
+                        }
                     }
                 }
+                indices.retain(|&i| matches!(fates[i], Fate::Keep));
             }
         }
 
-        // Per topic above; in batch order here.
-        redactions.sort_by_key(|(i, _)| *i);
         let (mut filtered, mut denied) = (0, 0);
         let mut kept = Vec::with_capacity(records.len());
-        let mut redactions = redactions.into_iter().peekable();
         for (i, (record, fate)) in records.iter().zip(fates).enumerate() {
-            let redacted = redactions
-                .next_if(|(at, _)| *at == i)
-                .map(|(_, value)| value);
+            let redacted = redactions.remove(&i);
             match fate {
                 Fate::Keep => {
                     let mut record = record.clone();

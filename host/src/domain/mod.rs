@@ -5,10 +5,14 @@
 //! `api`; this module turns them into a [`SubscriptionSpec`] and collects every
 //! violation with the path of the field that caused it. Nothing here does I/O.
 
+mod access;
 mod fields;
 mod plugin;
 mod subscription;
 
+pub use access::{
+    AccessToken, TenantName, TenantRequest, TenantSpec, TopicAcl, TopicPattern, hash_matches,
+};
 pub use fields::{
     Active, AlertChannel, BatchInterval, BatchSize, EmailAddress, HeaderLine, JmesFilter, MASK,
     MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,

@@ -23,7 +23,7 @@ pub struct FieldError {
 pub struct ValidationErrors(pub Vec<FieldError>);
 
 impl ValidationErrors {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
@@ -31,7 +31,7 @@ impl ValidationErrors {
     }
 
     /// Parses `value` (when present) with `parse`, recording a failure under `field`.
-    fn check<T, R>(
+    pub(crate) fn check<T, R>(
         &mut self,
         field: &str,
         value: Option<R>,
@@ -77,6 +77,8 @@ pub struct SubscriptionRequest {
     /// Read-only; accepted and ignored for the same reason.
     pub created_at: Option<serde::de::IgnoredAny>,
     pub updated_at: Option<serde::de::IgnoredAny>,
+    /// Read-only (the owner is whoever created it).
+    pub tenant_id: Option<serde::de::IgnoredAny>,
     pub name: Option<String>,
     pub active: Option<String>,
     pub destination: Option<DestinationRequest>,
@@ -538,7 +540,7 @@ fn parse_configuration(
 }
 
 /// Parses an optional attachment: `Some(None)` when absent, `None` when invalid.
-fn parse_attachment(
+pub(crate) fn parse_attachment(
     field: &str,
     request: Option<PluginAttachmentRequest>,
     errors: &mut ValidationErrors,

@@ -4,6 +4,8 @@
 //! API, which instantiates once to check an attachment, and by the
 //! pipelines, which keep a [`PluginInstance`] per attachment.
 
+use uuid::Uuid;
+
 use super::engine::{CompiledPlugin, PluginEngine};
 use super::error::PluginError;
 use super::instance::PluginInstance;
@@ -51,19 +53,21 @@ impl Loaded {
     }
 }
 
-/// Finds an attached plugin in the registry and compiles it (or takes it
-/// from the engine's cache by sha256), checking it has the role it is
-/// attached as.
+/// Finds an attached plugin in the registry as `tenant` sees it (its own,
+/// else the shared one; `None`: the admin, shared only) and compiles it (or
+/// takes it from the engine's cache by sha256), checking it has the role it
+/// is attached as.
 pub async fn load(
     registry: &Registry,
     engine: &PluginEngine,
+    tenant: Option<Uuid>,
     attachment: &PluginAttachment,
     role: PluginRole,
 ) -> Result<Loaded, AttachmentError> {
     let (name, version) = (attachment.name.as_str(), attachment.version.as_str());
     let plugin = attachment.to_string();
     let stored = registry
-        .get_plugin(name, version)
+        .resolve_plugin(tenant, name, version)
         .await?
         .ok_or_else(|| AttachmentError::Missing(plugin.clone()))?;
     if stored.role != role {
@@ -77,7 +81,7 @@ pub async fn load(
         Some(compiled) => compiled,
         None => {
             let (_, wasm) = registry
-                .plugin_with_wasm(name, version)
+                .plugin_with_wasm(stored.owner, name, version)
                 .await?
                 .ok_or_else(|| AttachmentError::Missing(plugin.clone()))?;
             let compiled = engine.compile(role, wasm).await;
@@ -103,10 +107,11 @@ pub async fn load(
 pub async fn instantiate(
     registry: &Registry,
     engine: &PluginEngine,
+    tenant: Option<Uuid>,
     attachment: &PluginAttachment,
     role: PluginRole,
 ) -> Result<PluginInstance, AttachmentError> {
-    let loaded = load(registry, engine, attachment, role).await?;
+    let loaded = load(registry, engine, tenant, attachment, role).await?;
     PluginInstance::new(
         engine,
         &loaded.compiled,

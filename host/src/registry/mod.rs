@@ -1,12 +1,15 @@
-//! The registry: subscriptions, plugins, their recent activity and the admin switch,
+//! The registry: subscriptions, plugins, their recent activity, the admin switch,
+//! tenants and their tokens,
 //! kept in SQLite (the embedded default) or PostgreSQL through one sqlx `Any` pool.
 //!
 //! SQL here is written once for both databases (`$n` placeholders, which SQLite
 //! also accepts); the two differ only in their migrations. Times are stored as
 //! milliseconds since the epoch. This module knows nothing of HTTP or Kafka.
 
+mod access;
 mod activity;
 mod admin;
+pub mod page;
 mod plugins;
 mod subscriptions;
 
@@ -16,9 +19,11 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
+pub use access::{CONFIGURED_ADMIN_LABEL, StoredTenant, StoredToken};
 pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
 pub use admin::{AdminState, PlatformStatus};
-pub use plugins::StoredPlugin;
+pub use page::{Cursor, Listing, Page};
+pub use plugins::{PluginOwner, StoredPlugin};
 pub use subscriptions::{Counts, Health, StoredSubscription};
 
 /// What went wrong talking to the registry.
@@ -38,6 +43,8 @@ pub enum RegistryError {
     Conflict,
     #[error("{0}")]
     Duplicate(String),
+    #[error("the cursor does not belong to this list")]
+    BadCursor,
 }
 
 /// Which database the registry runs on.
@@ -118,6 +125,12 @@ impl Registry {
 
     pub fn kind(&self) -> DatabaseKind {
         self.kind
+    }
+
+    /// One round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     pub async fn close(&self) {

@@ -1,19 +1,62 @@
 //! Plugin rows: the uploaded component's bytes and what the API shows of it.
 //!
 //! A plugin is written by one `INSERT` (no half-written rows) and never
-//! updated: a new build is a new version. Whether a subscription still uses
+//! updated: a new build is a new version. Names are per owner: the shared
+//! namespace (the admin's uploads, usable by every tenant) or one tenant's. Whether a subscription still uses
 //! a plugin is the API's check, before it deletes one.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use uuid::Uuid;
 
+use super::page::{Cursor, Listing, Page};
 use super::{Registry, RegistryError, from_millis, now_millis};
 use crate::domain::PluginRole;
 use crate::plugin::RequestedLimits;
 
+/// Whose namespace a plugin lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginOwner {
+    /// Uploaded by the admin; every tenant may attach it.
+    Shared,
+    /// Private to one tenant.
+    Tenant(Uuid),
+}
+
+impl PluginOwner {
+    /// The owner of what `tenant` uploads (`None`: the admin).
+    pub fn of(tenant: Option<Uuid>) -> Self {
+        tenant.map_or(Self::Shared, Self::Tenant)
+    }
+
+    fn key(self) -> String {
+        match self {
+            Self::Shared => String::new(),
+            Self::Tenant(id) => id.to_string(),
+        }
+    }
+
+    fn from_key(key: &str) -> Result<Self, RegistryError> {
+        if key.is_empty() {
+            return Ok(Self::Shared);
+        }
+        key.parse()
+            .map(Self::Tenant)
+            .map_err(|_| RegistryError::Corrupt(format!("plugin owner {key:?}")))
+    }
+
+    pub fn tenant(self) -> Option<Uuid> {
+        match self {
+            Self::Shared => None,
+            Self::Tenant(id) => Some(id),
+        }
+    }
+}
+
 /// A plugin's metadata, as listed (without its bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPlugin {
+    pub owner: PluginOwner,
     pub name: String,
     pub version: String,
     pub role: PluginRole,
@@ -26,12 +69,14 @@ pub struct StoredPlugin {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-const COLUMNS: &str = "name, version, role, sha256, size, created_at, memory_bytes, cpu_deadline_ms, wall_deadline_ms";
+const COLUMNS: &str = "owner, name, version, role, sha256, size, created_at, memory_bytes, cpu_deadline_ms, wall_deadline_ms";
 
 fn decode(row: &AnyRow) -> Result<StoredPlugin, RegistryError> {
     let name: String = row.try_get("name")?;
     let role: String = row.try_get("role")?;
+    let owner: String = row.try_get("owner")?;
     Ok(StoredPlugin {
+        owner: PluginOwner::from_key(&owner)?,
         role: role
             .parse()
             .map_err(|e| RegistryError::Corrupt(format!("plugin {name}: {e}")))?,
@@ -62,6 +107,7 @@ impl Registry {
     /// version exist already (versions are immutable).
     pub async fn insert_plugin(
         &self,
+        owner: PluginOwner,
         name: &str,
         version: &str,
         role: PluginRole,
@@ -73,8 +119,9 @@ impl Registry {
         let size = i64::try_from(wasm.len()).unwrap_or(i64::MAX);
         let done = sqlx::query(
             "INSERT INTO plugins (name, version, role, sha256, size, wasm, created_at, \
-             memory_bytes, cpu_deadline_ms, wall_deadline_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name, version) DO NOTHING",
+             memory_bytes, cpu_deadline_ms, wall_deadline_ms, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (owner, name, version) DO NOTHING",
         )
         .bind(name)
         .bind(version)
@@ -86,6 +133,7 @@ impl Registry {
         .bind(signed(limits.memory_bytes))
         .bind(signed(limits.cpu_deadline_ms))
         .bind(signed(limits.wall_deadline_ms))
+        .bind(owner.key())
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -94,6 +142,7 @@ impl Registry {
             )));
         }
         Ok(StoredPlugin {
+            owner,
             name: name.to_string(),
             version: version.to_string(),
             role,
@@ -104,23 +153,54 @@ impl Registry {
         })
     }
 
+    /// Every plugin (for the engine's bookkeeping), in no particular order.
     pub async fn list_plugins(&self) -> Result<Vec<StoredPlugin>, RegistryError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM plugins ORDER BY name, created_at, version"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM plugins"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(decode).collect()
     }
 
+    /// A page of plugins by owner, name and version: all of them (`visible_to`
+    /// `None`, the admin) or the shared ones and one tenant's.
+    pub async fn list_plugins_page(
+        &self,
+        visible_to: Option<Uuid>,
+        page: &Page,
+    ) -> Result<Listing<StoredPlugin>, RegistryError> {
+        let [owner, name, version] = page.after_strings::<3>()?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM plugins \
+             WHERE ($1 = '' OR owner = '' OR owner = $1) \
+             AND (owner > $2 OR (owner = $2 AND (name > $3 OR (name = $3 AND version > $4)))) \
+             ORDER BY owner, name, version LIMIT $5"
+        ))
+        .bind(visible_to.map(|t| t.to_string()).unwrap_or_default())
+        .bind(&owner)
+        .bind(&name)
+        .bind(&version)
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await?;
+        // The first page starts after ('', '', ''): names are never empty, so
+        // the shared namespace (owner '') is included.
+        let plugins = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(page.listing(plugins, |p| {
+            Cursor::strings(&[&p.owner.key(), &p.name, &p.version])
+        }))
+    }
+
+    /// The plugin `name`@`version` of exactly this owner.
     pub async fn get_plugin(
         &self,
+        owner: PluginOwner,
         name: &str,
         version: &str,
     ) -> Result<Option<StoredPlugin>, RegistryError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM plugins WHERE name = $1 AND version = $2"
+            "SELECT {COLUMNS} FROM plugins WHERE owner = $1 AND name = $2 AND version = $3"
         ))
+        .bind(owner.key())
         .bind(name)
         .bind(version)
         .fetch_optional(&self.pool)
@@ -128,15 +208,35 @@ impl Registry {
         row.as_ref().map(decode).transpose()
     }
 
+    /// The plugin `name`@`version` as `tenant` sees it: its own if it has one,
+    /// else the shared one (the admin, `None`, sees only the shared).
+    pub async fn resolve_plugin(
+        &self,
+        tenant: Option<Uuid>,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<StoredPlugin>, RegistryError> {
+        if let Some(tenant) = tenant
+            && let Some(own) = self
+                .get_plugin(PluginOwner::Tenant(tenant), name, version)
+                .await?
+        {
+            return Ok(Some(own));
+        }
+        self.get_plugin(PluginOwner::Shared, name, version).await
+    }
+
     /// A plugin with its wasm bytes, for compiling it.
     pub async fn plugin_with_wasm(
         &self,
+        owner: PluginOwner,
         name: &str,
         version: &str,
     ) -> Result<Option<(StoredPlugin, Vec<u8>)>, RegistryError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS}, wasm FROM plugins WHERE name = $1 AND version = $2"
+            "SELECT {COLUMNS}, wasm FROM plugins WHERE owner = $1 AND name = $2 AND version = $3"
         ))
+        .bind(owner.key())
         .bind(name)
         .bind(version)
         .fetch_optional(&self.pool)
@@ -148,9 +248,16 @@ impl Registry {
     }
 
     /// Removes a plugin version; false when there was none.
-    pub async fn delete_plugin(&self, name: &str, version: &str) -> Result<bool, RegistryError> {
-        let done = sqlx::query("DELETE FROM plugins WHERE name = $1 AND version = $2")
-            .bind(name)
+    pub async fn delete_plugin(
+        &self,
+        owner: PluginOwner,
+        name: &str,
+        version: &str,
+    ) -> Result<bool, RegistryError> {
+        let done =
+            sqlx::query("DELETE FROM plugins WHERE owner = $1 AND name = $2 AND version = $3")
+                .bind(owner.key())
+                .bind(name)
             .bind(version)
             .execute(&self.pool)
             .await?;

@@ -4,6 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::page::{Cursor, Listing, Page};
 use super::{Registry, RegistryError, from_millis, now_millis};
 use crate::domain::SubscriptionSpec;
 
@@ -27,6 +28,8 @@ impl Health {
 #[derive(Debug, Clone)]
 pub struct StoredSubscription {
     pub id: Uuid,
+    /// The tenant that owns it (`None`: the admin's).
+    pub tenant_id: Option<Uuid>,
     pub spec: SubscriptionSpec,
     /// Standard Webhooks secret (`whsec_…`); shown to the client only at creation.
     pub signing_secret: String,
@@ -51,7 +54,7 @@ pub struct Counts {
     pub denied: i64,
 }
 
-const COLUMNS: &str = "id, spec, signing_secret, health, status_reason, status_changed_at, created_at, \
+const COLUMNS: &str = "id, tenant_id, spec, signing_secret, health, status_reason, status_changed_at, created_at, \
      updated_at, revision, delivered_messages, filtered_messages, dead_lettered_messages, \
      denied_messages";
 
@@ -59,7 +62,14 @@ fn decode(row: &AnyRow) -> Result<StoredSubscription, RegistryError> {
     let id: String = row.try_get("id")?;
     let spec: String = row.try_get("spec")?;
     let health: String = row.try_get("health")?;
+    let tenant: Option<String> = row.try_get("tenant_id")?;
     Ok(StoredSubscription {
+        tenant_id: tenant
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| RegistryError::Corrupt(format!("subscription {id}: tenant {t:?}")))
+            })
+            .transpose()?,
         id: id
             .parse()
             .map_err(|_| RegistryError::Corrupt(format!("subscription id {id:?}")))?,
@@ -91,6 +101,7 @@ fn encode(spec: &SubscriptionSpec) -> String {
 impl Registry {
     pub async fn create_subscription(
         &self,
+        tenant: Option<Uuid>,
         spec: &SubscriptionSpec,
         signing_secret: &str,
     ) -> Result<StoredSubscription, RegistryError> {
@@ -98,18 +109,20 @@ impl Registry {
         let now = now_millis();
         sqlx::query(
             "INSERT INTO subscriptions \
-             (id, name, spec, signing_secret, health, status_changed_at, created_at, updated_at, revision) \
-             VALUES ($1, $2, $3, $4, 'healthy', $5, $5, $5, 1)",
+             (id, name, spec, signing_secret, health, status_changed_at, created_at, updated_at, revision, tenant_id) \
+             VALUES ($1, $2, $3, $4, 'healthy', $5, $5, $5, 1, $6)",
         )
         .bind(id.to_string())
         .bind(spec.name.as_str())
         .bind(encode(spec))
         .bind(signing_secret)
         .bind(now)
+        .bind(tenant.map(|t| t.to_string()))
         .execute(&self.pool)
         .await?;
         Ok(StoredSubscription {
             id,
+            tenant_id: tenant,
             spec: spec.clone(),
             signing_secret: signing_secret.to_string(),
             health: super::Health::Healthy,
@@ -129,6 +142,32 @@ impl Registry {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode).collect()
+    }
+
+    /// A page of subscriptions in creation order: all of them (`tenant`
+    /// `None`, the admin) or one tenant's.
+    pub async fn list_subscriptions_page(
+        &self,
+        tenant: Option<Uuid>,
+        page: &Page,
+    ) -> Result<Listing<StoredSubscription>, RegistryError> {
+        let (after_at, after_id) = page.after_time_id()?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions \
+             WHERE ($1 = '' OR tenant_id = $1) \
+             AND (created_at > $2 OR (created_at = $2 AND id > $3)) \
+             ORDER BY created_at, id LIMIT $4"
+        ))
+        .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+        .bind(after_at)
+        .bind(after_id)
+        .bind(page.fetch_limit())
+        .fetch_all(&self.pool)
+        .await?;
+        let subscriptions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(page.listing(subscriptions, |s| {
+            Cursor::time_id(s.created_at.timestamp_millis(), &s.id.to_string())
+        }))
     }
 
     pub async fn get_subscription(

@@ -59,6 +59,9 @@ pub struct Options {
     /// A running wasmhook to target; without it one is started as a child process.
     #[arg(long)]
     pub wasmhook: Option<String>,
+    /// The admin token of the wasmhook at --wasmhook (the child gets its own).
+    #[arg(long, env = "WASMHOOK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Where the receiver listens (it must be reachable from wasmhook).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub receiver_listen: SocketAddr,
@@ -100,12 +103,16 @@ struct Child {
     address: String,
 }
 
+/// The admin token of the wasmhook this tool starts (it is killed with the run).
+const CHILD_ADMIN_TOKEN: &str = "whk_loadtest00000_0123456789abcdefghijklmnop";
+
 impl Child {
     async fn spawn(database_url: &str, brokers: &str) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this executable")?;
         let mut process = tokio::process::Command::new(exe)
             .args(["wasmhook", "--listen", "127.0.0.1:0"])
             .args(["--database-url", database_url, "--kafka-brokers", brokers])
+            .args(["--admin-token", CHILD_ADMIN_TOKEN])
             // Faults last seconds here: keep retries short so recovery is measured, not waited for.
             .args([
                 "--request-timeout",
@@ -232,7 +239,20 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
         (None, Some(c)) => c.address.clone(),
         (None, None) => unreachable!(),
     };
-    let http = reqwest::Client::new();
+    let token = match (&options.wasmhook, &options.token) {
+        (None, _) => CHILD_ADMIN_TOKEN.to_string(),
+        (Some(_), Some(token)) => token.clone(),
+        (Some(_), None) => bail!("--wasmhook needs --token (or WASMHOOK_TOKEN): its admin token"),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?,
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let mut subscriptions = Vec::new();
     for topic in &topics {
         let response = http

@@ -5,7 +5,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Db, TestApp, TestDb, subscription, test_settings};
+use crate::helpers::{
+    ADMIN_TOKEN, Db, TestApp, TestDb, authed_client, subscription, test_settings,
+};
 use crate::on_both_databases;
 
 /// An application on a fresh database, with an embedded broker it never needs.
@@ -551,7 +553,7 @@ async fn bad_bodies_get_a_4xx_json_error(db: Db) {
     assert_eq!(body["code"], "payload_too_large");
 
     // A fresh client: the server may close the connection it answered 413 on.
-    let response = reqwest::Client::new()
+    let response = authed_client(ADMIN_TOKEN)
         .patch(app.url("/1/Subscription"))
         .send()
         .await

@@ -91,7 +91,23 @@ impl TestDb {
     }
 }
 
-/// Settings tuned for tests: port 0, fast retries and reconciles.
+/// The admin token every test app is configured with.
+pub const ADMIN_TOKEN: &str = "whk_testadmin0000_0123456789abcdefghijklmnop";
+
+/// An HTTP client that sends `token` as its bearer token on every request.
+pub fn authed_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// Settings tuned for tests: port 0, fast retries and reconciles, the admin token set.
 pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -108,6 +124,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
             ..DeliverySettings::default()
         },
         smtp: None,
+        admin_token: Some(wasmhook::domain::AccessToken::parse(ADMIN_TOKEN).unwrap()),
     }
 }
 
@@ -121,6 +138,10 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(settings: Settings) -> Self {
+        let http = match &settings.admin_token {
+            Some(token) => authed_client(token.reveal()),
+            None => reqwest::Client::new(),
+        };
         let app = Application::build(settings)
             .await
             .expect("the application builds");
@@ -130,7 +151,7 @@ impl TestApp {
         let task = tokio::spawn(app.run_until_stopped(async move { token.cancelled().await }));
         Self {
             address,
-            http: reqwest::Client::new(),
+            http,
             stop,
             task,
         }
@@ -638,6 +659,7 @@ impl BinaryApp {
             .args(["--retry-base-delay", "50ms", "--retry-max-delay", "400ms"])
             .args(["--retry-fixed-delay", "200ms"])
             .args(["--reconcile-interval", "500ms"])
+            .args(["--admin-token", ADMIN_TOKEN])
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -799,5 +821,82 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Calls the API as one caller: with this bearer token, or with none.
+pub struct Caller {
+    address: String,
+    http: reqwest::Client,
+}
+
+impl TestApp {
+    pub fn caller(&self, token: Option<&str>) -> Caller {
+        Caller {
+            address: self.address.clone(),
+            http: token.map_or_else(reqwest::Client::new, authed_client),
+        }
+    }
+}
+
+impl Caller {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.address));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        read(request.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// The raw response, for its headers.
+    pub async fn get_response(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn upload_plugin(
+        &self,
+        name: &str,
+        version: &str,
+        role: &str,
+        wasm: &[u8],
+    ) -> (StatusCode, Value) {
+        let (content_type, body) = plugin_form(
+            &[("name", name), ("version", version), ("role", role)],
+            Some(wasm),
+        );
+        let response = self
+            .http
+            .post(format!("{}/1/Plugin", self.address))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
     }
 }

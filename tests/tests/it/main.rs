@@ -2,6 +2,7 @@
 //! Kafka-protocol broker (librdkafka's mock cluster), a real webhook receiver,
 //! SQLite and the machine's PostgreSQL.
 
+mod access;
 mod api;
 mod delivery;
 mod helpers;

@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    BinaryApp, Db, Receiver, SmtpServer, System, TestDb, plugin_form, plugin_wasm, produce,
-    producer, subscription, wat_component,
+    ADMIN_TOKEN, BinaryApp, Db, Receiver, SmtpServer, System, TestDb, plugin_form, plugin_wasm, produce,
+    producer, subscription, wat_component, authed_client,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -318,7 +318,7 @@ async fn a_crowd_of_hostile_plugins_cannot_starve_a_healthy_subscription_or_the_
     let brokers = broker.bootstrap_servers();
     let db = TestDb::create(Db::Sqlite).await;
     let app = BinaryApp::spawn(&db.url, &brokers).await;
-    let http = reqwest::Client::new();
+    let http = authed_client(ADMIN_TOKEN);
     let api = |path: &str| format!("{}{path}", app.address);
     let receiver = Receiver::start().await;
     let hostile_receiver = Receiver::start().await;

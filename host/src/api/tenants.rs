@@ -1,0 +1,279 @@
+//! `/1/Tenant` and `/1/Token` handlers: tenants with their topic ACLs and
+//! mandatory policy (admin only), and the tokens that act for them.
+//!
+//! A token is shown once, in the answer that mints it; afterwards only its
+//! id and public prefix are listed.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::Principal;
+use super::{AppState, ListQuery, next_page_headers, parse_id};
+use crate::api::ApiError;
+use crate::domain::{AccessToken, FieldError, PluginRole, TenantRequest, TenantSpec, ValidationErrors};
+use crate::plugin::loader::instantiate;
+use crate::registry::{StoredTenant, StoredToken};
+
+fn tenant_body(tenant: &StoredTenant) -> Value {
+    json!({
+        "id": tenant.id,
+        "name": tenant.spec.name.as_str(),
+        "topics": tenant.spec.topics,
+        "mandatory_policy": tenant.spec.mandatory_policy,
+        "created_at": tenant.created_at,
+        "updated_at": tenant.updated_at,
+    })
+}
+
+fn token_body(token: &StoredToken) -> Value {
+    json!({
+        "id": token.id,
+        "prefix": format!("whk_{}", token.prefix),
+        "tenant_id": token.tenant_id,
+        "admin": token.tenant_id.is_none(),
+        "label": token.label,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
+    })
+}
+
+/// The mandatory policy must be a shared policy plugin that accepts its configuration.
+async fn check_mandatory_policy(state: &AppState, spec: &TenantSpec) -> Result<(), ApiError> {
+    let Some(attachment) = &spec.mandatory_policy else {
+        return Ok(());
+    };
+    match instantiate(&state.registry, &state.engine, None, attachment, PluginRole::Policy).await {
+        Ok(_) => Ok(()),
+        Err(crate::plugin::loader::AttachmentError::Registry(e)) => Err(e.into()),
+        Err(error) => Err(ApiError::Validation(ValidationErrors(vec![FieldError {
+            field: "mandatory_policy".into(),
+            message: format!("{error} (a mandatory policy must be a shared plugin)"),
+        }]))),
+    }
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    super::json::ApiJson(request): super::json::ApiJson<TenantRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    principal.require_admin("creating tenants")?;
+    let spec = TenantSpec::parse(request).map_err(ApiError::Validation)?;
+    check_mandatory_policy(&state, &spec).await?;
+    let tenant = state.registry.create_tenant(&spec).await?;
+    tracing::info!(tenant = %tenant.id, name = spec.name.as_str(), "Tenant created.");
+    Ok((StatusCode::CREATED, Json(tenant_body(&tenant))))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListQuery>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    principal.require_admin("listing tenants")?;
+    let page = query.page()?;
+    let listing = state.registry.list_tenants(&page).await?;
+    Ok((
+        next_page_headers("/1/Tenant", &page, listing.next.as_ref()),
+        Json(listing.items.iter().map(tenant_body).collect()),
+    ))
+}
+
+async fn load(state: &AppState, raw_id: &str) -> Result<StoredTenant, ApiError> {
+    let id = parse_id(raw_id, "tenant")?;
+    state
+        .registry
+        .get_tenant(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant with id {id}")))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin("reading tenants")?;
+    Ok(Json(tenant_body(&load(&state, &id).await?)))
+}
+
+pub(super) async fn replace(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    super::json::ApiJson(request): super::json::ApiJson<TenantRequest>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_admin("changing tenants")?;
+    let current = load(&state, &id).await?;
+    let spec = TenantSpec::parse(request).map_err(ApiError::Validation)?;
+    check_mandatory_policy(&state, &spec).await?;
+    let tenant = state
+        .registry
+        .replace_tenant(current.id, &spec)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant with id {}", current.id)))?;
+    // Its subscriptions' revisions moved: their pipelines restart with the new policy.
+    state.changes.notify_one();
+    tracing::info!(tenant = %tenant.id, "Tenant replaced.");
+    Ok(Json(tenant_body(&tenant)))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin("deleting tenants")?;
+    let tenant = load(&state, &id).await?;
+    let (subscriptions, plugins) = state.registry.tenant_holdings(tenant.id).await?;
+    if subscriptions > 0 || plugins > 0 {
+        return Err(ApiError::Conflict(format!(
+            "tenant {} still owns {subscriptions} subscription(s) and {plugins} plugin(s); delete them first",
+            tenant.spec.name.as_str()
+        )));
+    }
+    if !state.registry.delete_tenant(tenant.id).await? {
+        return Err(ApiError::NotFound(format!("no tenant with id {}", tenant.id)));
+    }
+    tracing::info!(tenant = %tenant.id, "Tenant deleted, with its tokens.");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The optional body of a token request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    label: Option<String>,
+    /// RFC 3339; absent: the token does not expire.
+    expires_at: Option<String>,
+}
+
+const MAX_LABEL: usize = 200;
+
+fn parse_token_request(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(String, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
+    let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        super::json::require_json(headers)?;
+        super::json::parse(body)?
+    };
+    let mut errors = Vec::new();
+    let label = request.label.unwrap_or_default();
+    if label.chars().count() > MAX_LABEL {
+        errors.push(FieldError {
+            field: "label".into(),
+            message: format!("must be at most {MAX_LABEL} characters"),
+        });
+    }
+    let expires_at = match request.expires_at.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+        None => None,
+        Some(Ok(at)) if at > chrono::Utc::now() => Some(at.with_timezone(&chrono::Utc)),
+        Some(Ok(_)) => {
+            errors.push(FieldError {
+                field: "expires_at".into(),
+                message: "must be in the future".into(),
+            });
+            None
+        }
+        Some(Err(e)) => {
+            errors.push(FieldError {
+                field: "expires_at".into(),
+                message: format!("must be an RFC 3339 time such as 2030-01-01T00:00:00Z: {e}"),
+            });
+            None
+        }
+    };
+    if errors.is_empty() {
+        Ok((label, expires_at))
+    } else {
+        Err(ApiError::Validation(ValidationErrors(errors)))
+    }
+}
+
+async fn mint(
+    state: &AppState,
+    tenant: Option<uuid::Uuid>,
+    label: &str,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let token = AccessToken::generate();
+    let stored = state
+        .registry
+        .insert_token(&token, tenant, label, expires_at)
+        .await?;
+    tracing::info!(token = %stored.id, tenant = ?tenant, "Token minted.");
+    let mut body = token_body(&stored);
+    // Shown once: it is stored only as a hash.
+    body["token"] = json!(token.reveal());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `POST /1/Tenant/{id}/Token`: a token for that tenant (admin only).
+pub(super) async fn create_tenant_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require_admin("minting tenant tokens")?;
+    let tenant = load(&state, &id).await?;
+    let (label, expires_at) = parse_token_request(&headers, &body)?;
+    mint(&state, Some(tenant.id), &label, expires_at).await
+}
+
+/// `POST /1/Token`: another token for the caller itself (an admin token for
+/// the admin, one for its own tenant otherwise), e.g. to rotate its own.
+pub(super) async fn create_own_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (label, expires_at) = parse_token_request(&headers, &body)?;
+    mint(&state, principal.tenant_id(), &label, expires_at).await
+}
+
+pub(super) async fn list_tokens(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListQuery>,
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
+    let page = query.page()?;
+    let listing = state
+        .registry
+        .list_tokens(principal.tenant_id(), &page)
+        .await?;
+    Ok((
+        next_page_headers("/1/Token", &page, listing.next.as_ref()),
+        Json(listing.items.iter().map(token_body).collect()),
+    ))
+}
+
+/// `DELETE /1/Token/{id}`: revokes a token (the admin any; a tenant its own).
+pub(super) async fn revoke_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "token")?;
+    let not_found = || ApiError::NotFound(format!("no token with id {id}"));
+    let token = state.registry.get_token(id).await?.ok_or_else(not_found)?;
+    if !principal.sees(token.tenant_id) {
+        return Err(not_found());
+    }
+    if token.revoked_at.is_none() {
+        state.registry.revoke_token(id).await?;
+        tracing::info!(token = %id, "Token revoked.");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
