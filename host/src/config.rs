@@ -349,9 +349,7 @@ mod tests {
         assert!(Cli::try_parse_from(["wasmhook", "token", "create"]).is_err());
         assert!(Cli::try_parse_from(["wasmhook", "token", "create", "--admin"]).is_ok());
         let tenant = uuid::Uuid::new_v4().to_string();
-        assert!(
-            Cli::try_parse_from(["wasmhook", "token", "create", "--tenant", &tenant]).is_ok()
-        );
+        assert!(Cli::try_parse_from(["wasmhook", "token", "create", "--tenant", &tenant]).is_ok());
     }
 
     #[test]

@@ -94,7 +94,11 @@ async fn token_command(cli: &Cli, action: &TokenCommand) -> anyhow::Result<()> {
     registry.close().await;
     eprintln!(
         "Minted {} token {} (shown once; stored only as a hash).",
-        if tenant.is_some() { "a tenant" } else { "an admin" },
+        if tenant.is_some() {
+            "a tenant"
+        } else {
+            "an admin"
+        },
         stored.id
     );
     println!("{}", token.reveal());

@@ -327,7 +327,12 @@ async fn find(
     version: &str,
 ) -> Result<StoredPlugin, ApiError> {
     let found = match (principal.tenant_id(), &query.tenant) {
-        (Some(tenant), _) => state.registry.resolve_plugin(Some(tenant), name, version).await?,
+        (Some(tenant), _) => {
+            state
+                .registry
+                .resolve_plugin(Some(tenant), name, version)
+                .await?
+        }
         (None, None) => {
             state
                 .registry
@@ -389,10 +394,16 @@ async fn users_of(state: &AppState, plugin: &StoredPlugin) -> Result<Vec<String>
         loop {
             let listing = state.registry.list_tenants(&page).await?;
             for tenant in &listing.items {
-                if tenant.spec.mandatory_policy.as_ref().is_some_and(|p| {
-                    p.name.as_str() == name && p.version.as_str() == version
-                }) {
-                    users.push(format!("tenant {} (mandatory policy)", tenant.spec.name.as_str()));
+                if tenant
+                    .spec
+                    .mandatory_policy
+                    .as_ref()
+                    .is_some_and(|p| p.name.as_str() == name && p.version.as_str() == version)
+                {
+                    users.push(format!(
+                        "tenant {} (mandatory policy)",
+                        tenant.spec.name.as_str()
+                    ));
                 }
             }
             match listing.next {

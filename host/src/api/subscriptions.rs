@@ -155,7 +155,9 @@ pub(super) async fn get(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(subscription_body(&load(&state, &principal, &id).await?)))
+    Ok(Json(subscription_body(
+        &load(&state, &principal, &id).await?,
+    )))
 }
 
 pub(super) async fn replace(

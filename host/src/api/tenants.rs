@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use super::auth::Principal;
 use super::{AppState, ListQuery, next_page_headers, parse_id};
 use crate::api::ApiError;
-use crate::domain::{AccessToken, FieldError, PluginRole, TenantRequest, TenantSpec, ValidationErrors};
+use crate::domain::{
+    AccessToken, FieldError, PluginRole, TenantRequest, TenantSpec, ValidationErrors,
+};
 use crate::plugin::loader::instantiate;
 use crate::registry::{StoredTenant, StoredToken};
 
@@ -48,7 +50,15 @@ async fn check_mandatory_policy(state: &AppState, spec: &TenantSpec) -> Result<(
     let Some(attachment) = &spec.mandatory_policy else {
         return Ok(());
     };
-    match instantiate(&state.registry, &state.engine, None, attachment, PluginRole::Policy).await {
+    match instantiate(
+        &state.registry,
+        &state.engine,
+        None,
+        attachment,
+        PluginRole::Policy,
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(crate::plugin::loader::AttachmentError::Registry(e)) => Err(e.into()),
         Err(error) => Err(ApiError::Validation(ValidationErrors(vec![FieldError {
@@ -139,7 +149,10 @@ pub(super) async fn delete(
         )));
     }
     if !state.registry.delete_tenant(tenant.id).await? {
-        return Err(ApiError::NotFound(format!("no tenant with id {}", tenant.id)));
+        return Err(ApiError::NotFound(format!(
+            "no tenant with id {}",
+            tenant.id
+        )));
     }
     tracing::info!(tenant = %tenant.id, "Tenant deleted, with its tokens.");
     Ok(StatusCode::NO_CONTENT)
@@ -174,7 +187,11 @@ fn parse_token_request(
             message: format!("must be at most {MAX_LABEL} characters"),
         });
     }
-    let expires_at = match request.expires_at.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+    let expires_at = match request
+        .expires_at
+        .as_deref()
+        .map(chrono::DateTime::parse_from_rfc3339)
+    {
         None => None,
         Some(Ok(at)) if at > chrono::Utc::now() => Some(at.with_timezone(&chrono::Utc)),
         Some(Ok(_)) => {

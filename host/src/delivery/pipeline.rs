@@ -189,15 +189,18 @@ impl Pipeline {
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
         let mandatory = match self.tenant {
             None => None,
-            Some(tenant) => self
-                .shared
-                .registry
-                .get_tenant(tenant)
-                .await
-                .map_err(|e| PipelineError::Tenant(e.to_string()))?
-                .ok_or_else(|| PipelineError::Tenant(format!("tenant {tenant} no longer exists")))?
-                .spec
-                .mandatory_policy,
+            Some(tenant) => {
+                self.shared
+                    .registry
+                    .get_tenant(tenant)
+                    .await
+                    .map_err(|e| PipelineError::Tenant(e.to_string()))?
+                    .ok_or_else(|| {
+                        PipelineError::Tenant(format!("tenant {tenant} no longer exists"))
+                    })?
+                    .spec
+                    .mandatory_policy
+            }
         };
         let mut plugins = PluginStages::new(
             self.id,

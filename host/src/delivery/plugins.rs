@@ -218,14 +218,12 @@ impl PluginStages {
         &mut self,
         records: &'a [Record],
     ) -> Result<Prepared<'a>, StageFailure> {
-        let (kept, filtered, denied) = if self.filters.is_empty()
-            && self.policies.is_empty()
-            && self.mandatory.is_none()
-        {
-            (Cow::Borrowed(records), 0, 0)
-        } else {
-            self.screen(records).await?
-        };
+        let (kept, filtered, denied) =
+            if self.filters.is_empty() && self.policies.is_empty() && self.mandatory.is_none() {
+                (Cow::Borrowed(records), 0, 0)
+            } else {
+                self.screen(records).await?
+            };
         if kept.is_empty() {
             return Ok(Prepared {
                 kept,

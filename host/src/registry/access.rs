@@ -142,10 +142,12 @@ impl Registry {
     }
 
     pub async fn get_tenant(&self, id: Uuid) -> Result<Option<StoredTenant>, RegistryError> {
-        let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(decode_tenant).transpose()
     }
 

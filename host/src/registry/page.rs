@@ -67,7 +67,10 @@ pub struct Listing<T> {
 
 impl Page {
     /// Parses `limit` and `cursor` query values.
-    pub fn parse(limit: Option<&str>, cursor: Option<&str>) -> Result<Self, (&'static str, String)> {
+    pub fn parse(
+        limit: Option<&str>,
+        cursor: Option<&str>,
+    ) -> Result<Self, (&'static str, String)> {
         let limit = match limit {
             None => DEFAULT_LIMIT,
             Some(raw) => match raw.parse::<usize>() {

@@ -258,9 +258,9 @@ impl Registry {
             sqlx::query("DELETE FROM plugins WHERE owner = $1 AND name = $2 AND version = $3")
                 .bind(owner.key())
                 .bind(name)
-            .bind(version)
-            .execute(&self.pool)
-            .await?;
+                .bind(version)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, Caller, Db, System, TestApp, TestDb, plugin_wasm,
-    produce, subscription, test_settings,
+    ADMIN_TOKEN, Caller, Db, System, TestApp, TestDb, plugin_wasm, produce, subscription,
+    test_settings,
 };
 use crate::on_both_databases;
 
@@ -71,9 +71,7 @@ async fn every_route_but_the_probes_needs_a_bearer_token(db: Db) {
         (Method::GET, "/no/such/route".to_string()),
     ];
     for (method, path) in &routes {
-        let answer = anonymous
-            .call(method.clone(), path, Some(&json!({})))
-            .await;
+        let answer = anonymous.call(method.clone(), path, Some(&json!({}))).await;
         assert_error(&answer, StatusCode::UNAUTHORIZED, "unauthorized");
         let answer = forged.call(method.clone(), path, Some(&json!({}))).await;
         assert_error(&answer, StatusCode::UNAUTHORIZED, "unauthorized");
@@ -107,7 +105,10 @@ async fn tenants_see_and_change_only_their_own_subscriptions(db: Db) {
 
     // The ACL: exact names and prefixes allow, anything else is a 403 naming the topic.
     let (status, created) = as_acme
-        .post("/1/Subscription", &subscription("orders", url, &["acme.orders"]))
+        .post(
+            "/1/Subscription",
+            &subscription("orders", url, &["acme.orders"]),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["tenant_id"], acme.id.as_str());
@@ -123,15 +124,27 @@ async fn tenants_see_and_change_only_their_own_subscriptions(db: Db) {
         )
         .await;
     assert_error(&refused, StatusCode::FORBIDDEN, "forbidden");
-    assert!(refused.1["message"].as_str().unwrap().contains("globex.orders"));
+    assert!(
+        refused.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("globex.orders")
+    );
     let refused = as_acme
-        .post("/1/Subscription", &subscription("pay2", url, &["payments2"]))
+        .post(
+            "/1/Subscription",
+            &subscription("pay2", url, &["payments2"]),
+        )
         .await;
     assert_error(&refused, StatusCode::FORBIDDEN, "forbidden");
 
     // Another tenant's subscription does not exist for globex.
     let path = format!("/1/Subscription/{mine}");
-    assert_error(&as_globex.get(&path).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &as_globex.get(&path).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     assert_error(
         &as_globex.get(&format!("{path}/Status")).await,
         StatusCode::NOT_FOUND,
@@ -144,7 +157,11 @@ async fn tenants_see_and_change_only_their_own_subscriptions(db: Db) {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    assert_error(&as_globex.delete(&path).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        &as_globex.delete(&path).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     let (_, listed) = as_globex.get("/1/Subscription").await;
     assert_eq!(listed, json!([]));
     let (_, overview) = as_globex.get("/1/EventNotificationAdmin").await;
@@ -158,7 +175,11 @@ async fn tenants_see_and_change_only_their_own_subscriptions(db: Db) {
     assert_eq!(listed.as_array().unwrap().len(), 2);
     let mut moved = body.clone();
     moved["source"] = json!([{"topic": "globex.orders"}]);
-    assert_error(&as_acme.put(&path, &moved).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_error(
+        &as_acme.put(&path, &moved).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
     moved["source"] = json!([{"topic": "acme.invoices"}]);
     let (status, body) = as_acme.put(&path, &moved).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -171,13 +192,33 @@ async fn tenants_see_and_change_only_their_own_subscriptions(db: Db) {
 
     // Admin-only routes.
     let tenant_routes = [
-        (Method::POST, "/1/EventNotificationAdmin".to_string(), json!({"status": "offline"})),
-        (Method::POST, "/1/Tenant".to_string(), json!({"name": "x", "topics": ["*"]})),
+        (
+            Method::POST,
+            "/1/EventNotificationAdmin".to_string(),
+            json!({"status": "offline"}),
+        ),
+        (
+            Method::POST,
+            "/1/Tenant".to_string(),
+            json!({"name": "x", "topics": ["*"]}),
+        ),
         (Method::GET, "/1/Tenant".to_string(), json!({})),
         (Method::GET, format!("/1/Tenant/{}", acme.id), json!({})),
-        (Method::PUT, format!("/1/Tenant/{}", acme.id), json!({"name": "acme", "topics": ["*"]})),
-        (Method::DELETE, format!("/1/Tenant/{}", globex.id), json!({})),
-        (Method::POST, format!("/1/Tenant/{}/Token", acme.id), json!({})),
+        (
+            Method::PUT,
+            format!("/1/Tenant/{}", acme.id),
+            json!({"name": "acme", "topics": ["*"]}),
+        ),
+        (
+            Method::DELETE,
+            format!("/1/Tenant/{}", globex.id),
+            json!({}),
+        ),
+        (
+            Method::POST,
+            format!("/1/Tenant/{}/Token", acme.id),
+            json!({}),
+        ),
     ];
     for (method, path, body) in &tenant_routes {
         let answer = as_acme.call(method.clone(), path, Some(body)).await;
@@ -206,7 +247,10 @@ async fn tokens_can_expire_and_be_revoked(db: Db) {
     let (status, tokens) = as_acme.get("/1/Token").await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     assert_eq!(tokens.as_array().unwrap().len(), 1);
-    assert!(tokens[0].get("token").is_none(), "a listed token is never shown: {tokens}");
+    assert!(
+        tokens[0].get("token").is_none(),
+        "a listed token is never shown: {tokens}"
+    );
     let (status, second) = as_acme.post("/1/Token", &json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
     assert_eq!(second["tenant_id"], acme.id.as_str());
@@ -254,11 +298,18 @@ async fn tokens_can_expire_and_be_revoked(db: Db) {
     loop {
         let answer = short_lived.get("/1/Subscription").await;
         if answer.0 == StatusCode::UNAUTHORIZED {
-            assert!(answer.1["message"].as_str().unwrap().contains("expired"), "{}", answer.1);
+            assert!(
+                answer.1["message"].as_str().unwrap().contains("expired"),
+                "{}",
+                answer.1
+            );
             break;
         }
         assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
-        assert!(tokio::time::Instant::now() < deadline, "the token never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token never expired"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -316,7 +367,12 @@ async fn plugins_are_private_to_their_tenant_unless_the_admin_shares_them() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p["shared"].as_bool().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["shared"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         names,
@@ -341,10 +397,17 @@ async fn plugins_are_private_to_their_tenant_unless_the_admin_shares_them() {
             json!({"name": name, "version": "1.0.0", "config": {"field": "a", "equals": "b"}});
         body
     };
-    let (status, body) = as_globex.post("/1/Subscription", &attach("acme-only")).await;
+    let (status, body) = as_globex
+        .post("/1/Subscription", &attach("acme-only"))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["errors"][0]["field"], "source[0].filter_plugin", "{body}");
-    let (status, body) = as_globex.post("/1/Subscription", &attach("shared-only")).await;
+    assert_eq!(
+        body["errors"][0]["field"], "source[0].filter_plugin",
+        "{body}"
+    );
+    let (status, body) = as_globex
+        .post("/1/Subscription", &attach("shared-only"))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
     // Deleting: a tenant may not delete a shared plugin, nor one in use.
@@ -371,7 +434,12 @@ async fn a_mandatory_policy_applies_to_every_subscription_of_the_tenant() {
     sys.topic("acme.payments", 1);
     let admin = sys.app.caller(Some(ADMIN_TOKEN));
     let (status, body) = admin
-        .upload_plugin("tenant-policy", "1.0.0", "policy", &plugin_wasm("tenant_policy"))
+        .upload_plugin(
+            "tenant-policy",
+            "1.0.0",
+            "policy",
+            &plugin_wasm("tenant_policy"),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let acme = tenant(&admin, "acme", &["acme.*"]).await;
@@ -411,7 +479,10 @@ async fn a_mandatory_policy_applies_to_every_subscription_of_the_tenant() {
     let values: Vec<Value> = delivered.iter().map(|m| m["value"].clone()).collect();
     assert_eq!(
         values,
-        [json!({"tenant": "acme", "n": 0}), json!({"tenant": "acme", "n": 2})]
+        [
+            json!({"tenant": "acme", "n": 0}),
+            json!({"tenant": "acme", "n": 2})
+        ]
     );
     let status = sys
         .app
@@ -429,7 +500,12 @@ async fn a_mandatory_policy_applies_to_every_subscription_of_the_tenant() {
     assert_error(&answer, StatusCode::FORBIDDEN, "forbidden");
     let answer = admin.delete("/1/Plugin/tenant-policy/1.0.0").await;
     assert_error(&answer, StatusCode::CONFLICT, "conflict");
-    assert!(answer.1["message"].as_str().unwrap().contains("mandatory policy"));
+    assert!(
+        answer.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("mandatory policy")
+    );
 
     // A mandatory policy must be a shared policy plugin.
     let answer = admin

@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, BinaryApp, Db, Receiver, SmtpServer, System, TestDb, plugin_form, plugin_wasm, produce,
-    producer, subscription, wat_component, authed_client,
+    ADMIN_TOKEN, BinaryApp, Db, Receiver, SmtpServer, System, TestDb, authed_client, plugin_form,
+    plugin_wasm, produce, producer, subscription, wat_component,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
