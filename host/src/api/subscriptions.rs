@@ -39,6 +39,7 @@ pub(super) async fn create(
         });
     }
     let spec = SubscriptionSpec::parse(request, None).map_err(ApiError::Validation)?;
+    check_destination(&state, &spec)?;
     check_plugins(&state, &spec).await?;
     let secret = SigningSecret::generate();
     let stored = state
@@ -57,6 +58,19 @@ pub(super) async fn create(
     // Shown once: later responses never carry it.
     body["signing_secret"] = json!(secret.as_str());
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Refuses a webhook URL whose host is an IP literal the SSRF guard refuses.
+/// A name is accepted: what it resolves to is checked on every delivery.
+fn check_destination(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+    let url = spec.destination.webhook.url.url();
+    state
+        .destinations
+        .check_url(url)
+        .map_err(|refused| ApiError::InvalidField {
+            field: "destination.webhook.url".into(),
+            message: refused.to_string(),
+        })
 }
 
 /// Checks that every attached plugin is uploaded, has the role it is attached
@@ -143,6 +157,7 @@ pub(super) async fn replace(
     }
     let spec =
         SubscriptionSpec::parse(request, Some(&current.spec)).map_err(ApiError::Validation)?;
+    check_destination(&state, &spec)?;
     check_plugins(&state, &spec).await?;
     let stored = state.registry.replace_subscription(&current, &spec).await?;
     let (was, is) = (current.spec.active.is_active(), spec.active.is_active());
