@@ -123,7 +123,7 @@ async fn a_name_resolving_to_loopback_is_accepted_but_nothing_is_sent_and_the_st
     assert!(reason.contains("(loopback)"), "{reason}");
     assert!(reason.contains("--allowed-destinations"), "{reason}");
     assert!(!reason.contains("error sending request"), "{reason}");
-    let call = &status["recent_activity"]
+    let call = status["recent_activity"]
         .as_array()
         .unwrap()
         .iter()
