@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::domain::AccessToken;
+use crate::egress::DestinationPolicy;
 use crate::logging::LogFormat;
 use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
 
@@ -156,6 +157,17 @@ pub struct Cli {
     /// Fewest time between two alert emails about one subscription.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub alert_interval: Duration,
+
+    /// Non-public ranges webhooks may go to (CIDRs, comma-separated; a bare
+    /// address is one host). Unset: public addresses only, plus loopback with
+    /// the embedded broker.
+    #[arg(
+        long,
+        env = "WASMHOOK_ALLOWED_DESTINATIONS",
+        value_name = "CIDR,...",
+        global = true
+    )]
+    pub allowed_destinations: Option<DestinationPolicy>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -242,6 +254,8 @@ pub struct DeliverySettings {
     /// Plugin settings live here rather than in [`Settings`] because this
     /// struct has a `Default`, which the tests and the load test build on.
     pub plugins: RuntimeSettings,
+    /// Where webhooks may go; the default, public addresses only.
+    pub destinations: DestinationPolicy,
 }
 
 impl Default for DeliverySettings {
@@ -257,6 +271,7 @@ impl Default for DeliverySettings {
             shutdown_grace: Duration::from_secs(10),
             alert_interval: Duration::from_secs(15 * 60),
             plugins: RuntimeSettings::default(),
+            destinations: DestinationPolicy::public_only(),
         }
     }
 }
@@ -269,6 +284,31 @@ pub struct SmtpSettings {
 }
 
 impl Cli {
+    /// Where webhooks may go: `--allowed-destinations` when given; else
+    /// loopback with the embedded broker (receivers on the same laptop), and
+    /// public addresses only with real brokers.
+    pub fn destinations(&self, embedded_broker: bool) -> DestinationPolicy {
+        match &self.allowed_destinations {
+            Some(policy) => policy.clone(),
+            None if embedded_broker => DestinationPolicy::allowing_loopback(),
+            None => DestinationPolicy::public_only(),
+        }
+    }
+
+    /// The start-up banner's line about where webhooks may go.
+    pub fn destinations_banner(&self, embedded_broker: bool) -> String {
+        if embedded_broker && self.allowed_destinations.is_none() {
+            "Webhook destinations: loopback allowed (embedded broker default); with real \
+             brokers only public addresses unless --allowed-destinations"
+                .into()
+        } else {
+            format!(
+                "Webhook destinations: {} (--allowed-destinations)",
+                self.destinations(embedded_broker).describe()
+            )
+        }
+    }
+
     /// Settings for serving, given the brokers to use (configured or embedded).
     pub fn settings(&self, kafka_brokers: String) -> Settings {
         Settings {
@@ -304,6 +344,7 @@ impl Cli {
                     compile_timeout: self.plugin_compile_timeout,
                     max_component_bytes: self.max_plugin_bytes,
                 },
+                destinations: self.destinations(false),
             },
             smtp: self.smtp_host.as_ref().map(|host| SmtpSettings {
                 host: host.clone(),
@@ -357,6 +398,59 @@ mod tests {
         let cli =
             Cli::try_parse_from(["wasmhook", "--retry-base-delay", "250ms", "serve"]).unwrap();
         assert_eq!(cli.retry_base_delay, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn allowed_destinations_default_to_loopback_only_with_the_embedded_broker() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        assert_eq!(
+            cli.destinations(true),
+            DestinationPolicy::allowing_loopback()
+        );
+        assert_eq!(cli.destinations(false), DestinationPolicy::public_only());
+        assert_eq!(
+            cli.settings("b".into()).delivery.destinations,
+            DestinationPolicy::public_only()
+        );
+        let cli =
+            Cli::try_parse_from(["wasmhook", "--allowed-destinations", "10.0.0.0/8, ::1"]).unwrap();
+        let expected: DestinationPolicy = "10.0.0.0/8,::1/128".parse().unwrap();
+        assert_eq!(cli.destinations(true), expected);
+        assert_eq!(cli.settings("b".into()).delivery.destinations, expected);
+        // Given but empty: public addresses only, even with the embedded broker.
+        let cli = Cli::try_parse_from(["wasmhook", "--allowed-destinations", ""]).unwrap();
+        assert_eq!(cli.destinations(true), DestinationPolicy::public_only());
+    }
+
+    #[test]
+    fn the_banner_says_where_webhooks_may_go() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        assert!(
+            cli.destinations_banner(true)
+                .contains("loopback allowed (embedded broker default)")
+        );
+        assert_eq!(
+            cli.destinations_banner(false),
+            "Webhook destinations: public addresses only (--allowed-destinations)"
+        );
+        let cli =
+            Cli::try_parse_from(["wasmhook", "--allowed-destinations", "10.0.0.0/8"]).unwrap();
+        assert_eq!(
+            cli.destinations_banner(true),
+            "Webhook destinations: public addresses and 10.0.0.0/8 (--allowed-destinations)"
+        );
+    }
+
+    #[test]
+    fn a_bad_allowed_destination_is_a_clear_error() {
+        let error = Cli::try_parse_from(["wasmhook", "--allowed-destinations", "10.0.0.0/8,nope"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--allowed-destinations"), "{error}");
+        assert!(
+            error.contains("\"nope\" is not a CIDR or an IP address"),
+            "{error}"
+        );
     }
 
     #[test]

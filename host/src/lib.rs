@@ -16,6 +16,8 @@
 //!   components per role, load them for an attachment, run them per batch on
 //!   their own threads in a sandbox with CPU, wall-clock and memory limits.
 //! - [`signing`]: Standard Webhooks secrets and signatures.
+//! - [`egress`]: the SSRF guard — which addresses webhooks may go to, checked
+//!   on every connection after DNS resolution and at registration for IP literals.
 //! - [`broker`]: the embedded in-memory Kafka broker used when none is configured.
 //!
 //! Data paths, delivery semantics and where each decision lives:
@@ -26,6 +28,7 @@ pub mod broker;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod egress;
 pub mod logging;
 pub mod plugin;
 pub mod registry;

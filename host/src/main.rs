@@ -41,7 +41,9 @@ async fn serve() -> anyhow::Result<()> {
         }
     };
 
-    let app = Application::build(cli.settings(brokers.clone())).await?;
+    let mut settings = cli.settings(brokers.clone());
+    settings.delivery.destinations = cli.destinations(embedded.is_some());
+    let app = Application::build(settings).await?;
     println!(
         "wasmhook is serving the REST API on http://{}",
         app.local_addr()
@@ -63,6 +65,7 @@ async fn serve() -> anyhow::Result<()> {
     } else {
         println!("Kafka brokers: {brokers}");
     }
+    println!("{}", cli.destinations_banner(embedded.is_some()));
     app.run_until_stopped(shutdown_signal()).await?;
     drop(embedded);
     Ok(())

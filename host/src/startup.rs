@@ -55,6 +55,7 @@ impl Application {
                 changes: Arc::new(Notify::new()),
                 engine,
                 max_plugin_bytes: settings.delivery.plugins.max_component_bytes,
+                destinations: settings.delivery.destinations.clone(),
             },
             settings,
             generated_admin_token,

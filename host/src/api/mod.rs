@@ -44,6 +44,8 @@ pub struct AppState {
     pub engine: PluginEngine,
     /// Body limit of `POST /1/Plugin`, larger than the others.
     pub max_plugin_bytes: usize,
+    /// Where webhooks may go: registration refuses IP literals outside it.
+    pub destinations: crate::egress::DestinationPolicy,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {

@@ -45,6 +45,7 @@ pub(super) async fn create(
     }
     let spec = SubscriptionSpec::parse(request, None).map_err(ApiError::Validation)?;
     principal.may_read(spec.topics())?;
+    check_destination(&state, &spec)?;
     let tenant = principal.tenant_id();
     check_plugins(&state, tenant, &spec).await?;
     let secret = SigningSecret::generate();
@@ -64,6 +65,19 @@ pub(super) async fn create(
     // Shown once: later responses never carry it.
     body["signing_secret"] = json!(secret.as_str());
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Refuses a webhook URL whose host is an IP literal the SSRF guard refuses.
+/// A name is accepted: what it resolves to is checked on every delivery.
+fn check_destination(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+    let url = spec.destination.webhook.url.url();
+    state
+        .destinations
+        .check_url(url)
+        .map_err(|refused| ApiError::InvalidField {
+            field: "destination.webhook.url".into(),
+            message: refused.to_string(),
+        })
 }
 
 /// Checks that every attached plugin is uploaded, has the role it is attached
@@ -178,6 +192,7 @@ pub(super) async fn replace(
     let spec =
         SubscriptionSpec::parse(request, Some(&current.spec)).map_err(ApiError::Validation)?;
     principal.may_read(spec.topics())?;
+    check_destination(&state, &spec)?;
     // The owner's view, even when the admin edits a tenant's subscription:
     // that is how its pipeline will resolve the names.
     check_plugins(&state, current.tenant_id, &spec).await?;

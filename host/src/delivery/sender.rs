@@ -3,6 +3,8 @@
 //! The sender classifies the answer (2xx delivered; anything else, a timeout or
 //! a connection error failed, with the receiver's Retry-After) and builds the
 //! `api_call` activity entry with secrets masked. Retrying is not its business.
+//! Destinations the [`DestinationPolicy`] refuses fail the attempt without a
+//! request: IP literals here, names in the client's resolver.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AG
 use tokio::sync::Semaphore;
 
 use crate::domain::HeaderLine;
+use crate::egress::{DestinationPolicy, GuardedResolver, RefusedResolution};
 use crate::registry::ApiCall;
 use crate::signing::SigningSecret;
 
@@ -48,18 +51,28 @@ pub struct Attempt {
 pub struct Sender {
     client: reqwest::Client,
     permits: Arc<Semaphore>,
+    destinations: DestinationPolicy,
 }
 
 impl Sender {
-    pub fn new(timeout: Duration, max_concurrent: usize) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        timeout: Duration,
+        max_concurrent: usize,
+        destinations: DestinationPolicy,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
+            // A redirect could lead anywhere; the guard checks only where we connect.
             .redirect(reqwest::redirect::Policy::none())
+            // Through a proxy the guard would judge the proxy, not the webhook.
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver::new(destinations.clone())))
             .build()?;
         Ok(Self {
             client,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            destinations,
         })
     }
 
@@ -107,6 +120,11 @@ impl Sender {
         ]);
         let request_line = format!("POST {}", target.url);
 
+        // The client never resolves an IP literal, so its resolver cannot judge it.
+        if let Err(refused) = self.destinations.check_url(&target.url) {
+            return failed(refused.to_string(), request_line, request_headers);
+        }
+
         let _permit = self
             .permits
             .acquire()
@@ -120,22 +138,7 @@ impl Sender {
             .send()
             .await;
         match result {
-            Err(error) => {
-                let reason = describe(&error);
-                Attempt {
-                    outcome: Outcome::Failed {
-                        reason: reason.clone(),
-                        retry_after: None,
-                    },
-                    call: ApiCall {
-                        request: request_line,
-                        request_headers,
-                        response_code: 0,
-                        response_body: reason,
-                        response_headers: vec![],
-                    },
-                }
-            }
+            Err(error) => failed(describe(&error), request_line, request_headers),
             Ok(mut response) => {
                 let status = response.status();
                 let response_headers = response
@@ -181,7 +184,33 @@ impl Sender {
     }
 }
 
+/// An attempt that got no answer: `reason` is also the entry's response body.
+fn failed(reason: String, request: String, request_headers: Vec<String>) -> Attempt {
+    Attempt {
+        outcome: Outcome::Failed {
+            reason: reason.clone(),
+            retry_after: None,
+        },
+        call: ApiCall {
+            request,
+            request_headers,
+            response_code: 0,
+            response_body: reason,
+            response_headers: vec![],
+        },
+    }
+}
+
 fn describe(error: &reqwest::Error) -> String {
+    // A refused destination is the guard's decision, not a network failure:
+    // its own words say what was refused and how to allow it.
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<RefusedResolution>() {
+            return refused.to_string();
+        }
+        source = cause.source();
+    }
     let kind = if error.is_timeout() {
         "the webhook did not answer in time"
     } else if error.is_connect() {

@@ -56,7 +56,11 @@ impl Supervisor {
         let delivery = settings.delivery.clone();
         let shared = Shared {
             registry,
-            sender: Sender::new(delivery.request_timeout, delivery.max_concurrent_deliveries)?,
+            sender: Sender::new(
+                delivery.request_timeout,
+                delivery.max_concurrent_deliveries,
+                delivery.destinations.clone(),
+            )?,
             dead_letters: DeadLetters::new(&settings.kafka_brokers)?,
             alerter: Alerter::new(settings.smtp.as_ref(), delivery.alert_interval)?,
             brokers: settings.kafka_brokers.clone(),

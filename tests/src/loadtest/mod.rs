@@ -12,7 +12,7 @@ pub mod report;
 pub mod rows;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -107,12 +107,14 @@ struct Child {
 const CHILD_ADMIN_TOKEN: &str = "whk_loadtest00000_0123456789abcdefghijklmnop";
 
 impl Child {
-    async fn spawn(database_url: &str, brokers: &str) -> anyhow::Result<Self> {
+    /// `receiver`: the receiver's address, which the guard must let through.
+    async fn spawn(database_url: &str, brokers: &str, receiver: IpAddr) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this executable")?;
         let mut process = tokio::process::Command::new(exe)
             .args(["wasmhook", "--listen", "127.0.0.1:0"])
             .args(["--database-url", database_url, "--kafka-brokers", brokers])
             .args(["--admin-token", CHILD_ADMIN_TOKEN])
+            .args(["--allowed-destinations", &receiver.to_string()])
             // Faults last seconds here: keep retries short so recovery is measured, not waited for.
             .args([
                 "--request-timeout",
@@ -232,7 +234,7 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     let database_url = format!("sqlite://{}", workdir.path().join("wasmhook.db").display());
     let mut child = match &options.wasmhook {
         Some(_) => None,
-        None => Some(Child::spawn(&database_url, &brokers).await?),
+        None => Some(Child::spawn(&database_url, &brokers, receiver.address().ip()).await?),
     };
     let api = match (&options.wasmhook, &child) {
         (Some(url), _) => url.trim_end_matches('/').to_string(),
@@ -446,7 +448,11 @@ async fn end_fault(
         Fault::Receiver5xx | Fault::ReceiverTimeout => receiver.set_mode(Mode::Normal),
         Fault::ReceiverDown => receiver.come_up().await?,
         Fault::BrokerDown => broker.context("embedded broker")?.broker_up(1)?,
-        Fault::KillWasmhook => return Ok(Some(Child::spawn(database_url, brokers).await?)),
+        Fault::KillWasmhook => {
+            return Ok(Some(
+                Child::spawn(database_url, brokers, receiver.address().ip()).await?,
+            ));
+        }
     }
     Ok(None)
 }

@@ -94,6 +94,11 @@ impl LoadReceiver {
         *self.server.lock().await = Some((stop, task));
     }
 
+    /// Where it listens (its URL's host and port).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         self.shared.mode.store(mode as u8, Ordering::SeqCst);
     }

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmhook::broker::EmbeddedBroker;
 use wasmhook::config::{DeliverySettings, Settings, SmtpSettings};
+use wasmhook::egress::DestinationPolicy;
 use wasmhook::startup::Application;
 
 /// Which registry database a test runs against.
@@ -107,7 +108,8 @@ pub fn authed_client(token: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// Settings tuned for tests: port 0, fast retries and reconciles, the admin token set.
+/// Settings tuned for tests: port 0, fast retries and reconciles, the admin
+/// token set, loopback destinations allowed (the receivers listen on 127.0.0.1).
 pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -121,6 +123,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
             retry_fixed_delay: Duration::from_millis(100),
             reconcile_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
+            destinations: DestinationPolicy::allowing_loopback(),
             ..DeliverySettings::default()
         },
         smtp: None,
@@ -660,6 +663,8 @@ impl BinaryApp {
             .args(["--retry-fixed-delay", "200ms"])
             .args(["--reconcile-interval", "500ms"])
             .args(["--admin-token", ADMIN_TOKEN])
+            // Real brokers as far as it knows: loopback must be allowed explicitly.
+            .args(["--allowed-destinations", "127.0.0.0/8,::1/128"])
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -9,3 +9,4 @@ mod helpers;
 mod plugin_runtime;
 mod plugins;
 mod sandbox;
+mod ssrf;
