@@ -22,7 +22,10 @@ async fn serve() -> anyhow::Result<()> {
 
     if let Some(Command::Migrate) = cli.command {
         Registry::open(&cli.database_url).await?;
-        println!("Migrations applied to {}.", cli.database_url);
+        println!(
+            "Migrations applied to {}.",
+            wasmhook::config::redact_url(&cli.database_url)
+        );
         return Ok(());
     }
 

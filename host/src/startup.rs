@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::Settings;
+use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
@@ -84,8 +84,12 @@ impl Application {
 
         let router = api::router(self.state.clone(), self.settings.max_body_bytes);
         let server_stop = stop.clone();
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { server_stop.cancelled().await });
+        let server = api::server::serve(
+            self.listener,
+            router,
+            self.settings.server,
+            async move { server_stop.cancelled().await },
+        );
 
         let trigger = stop.clone();
         tokio::spawn(async move {
@@ -102,16 +106,5 @@ impl Application {
         }
         self.state.registry.close().await;
         served
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("********"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
     }
 }

@@ -9,6 +9,7 @@ mod admin;
 pub mod error;
 pub mod json;
 mod plugins;
+pub mod server;
 mod subscriptions;
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! An upload is `multipart/form-data` with the fields `name`, `version`,
 //! `role` and `wasm` (and optionally the limits `memory_bytes`,
 //! `cpu_deadline_ms`, `wall_deadline_ms`), or the raw component as the body
-//! with the same fields in the query. It is compiled once and checked against
+//! with the same fields in the query, sent as `application/wasm`; other
+//! content types are refused (415). It is compiled once and checked against
 //! its role's world before it is stored; once stored, the compiled artefact
 //! goes to the engine's cache for the pipelines.
 
@@ -16,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::json::BodyLimit;
+use super::json::{BodyLimit, MediaType, body_timeout, read_body, unsupported};
 use crate::api::ApiError;
 use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};
 use crate::plugin::limits::LIMIT_FIELDS;
@@ -63,6 +64,21 @@ struct Upload {
     cpu_deadline_ms: Option<String>,
     wall_deadline_ms: Option<String>,
     wasm: Option<Bytes>,
+}
+
+const UPLOAD_TYPES: &str = "multipart/form-data or application/wasm";
+
+/// A raw-body upload: the component is the body, the fields are in the query.
+fn raw_upload(query: UploadQuery, wasm: Bytes) -> Upload {
+    Upload {
+        name: query.name,
+        version: query.version,
+        role: query.role,
+        memory_bytes: query.memory_bytes,
+        cpu_deadline_ms: query.cpu_deadline_ms,
+        wall_deadline_ms: query.wall_deadline_ms,
+        wasm: (!wasm.is_empty()).then_some(wasm),
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -131,40 +147,34 @@ pub(super) async fn upload(
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
-    let multipart = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let upload = if multipart {
-        read_multipart(request, &state).await?
-    } else {
-        let limit = request
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(state.max_plugin_bytes, |l| l.0);
-        let wasm = Bytes::from_request(request, &state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large(limit)
-                } else {
-                    ApiError::BadRequest(format!(
-                        "could not read the body: {}",
-                        rejection.body_text()
-                    ))
-                }
-            })?;
-        Upload {
-            name: query.name,
-            version: query.version,
-            role: query.role,
-            memory_bytes: query.memory_bytes,
-            cpu_deadline_ms: query.cpu_deadline_ms,
-            wall_deadline_ms: query.wall_deadline_ms,
-            wasm: (!wasm.is_empty()).then_some(wasm),
+    let upload = match MediaType::of(request.headers()) {
+        MediaType::Multipart => {
+            let timeout = body_timeout(&request);
+            tokio::time::timeout(timeout, read_multipart(request, &state))
+                .await
+                .map_err(|_| ApiError::BodyTimeout {
+                    seconds: timeout.as_secs(),
+                })??
+        }
+        MediaType::Wasm => {
+            let limit = request
+                .extensions()
+                .get::<BodyLimit>()
+                .map_or(state.max_plugin_bytes, |l| l.0);
+            let wasm = read_body(request, &state, limit).await?;
+            raw_upload(query, wasm)
+        }
+        MediaType::Absent => return Err(unsupported("no content type", UPLOAD_TYPES)),
+        MediaType::Json | MediaType::Other(_) => {
+            let sent: String = request
+                .headers()
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(100).collect())
+                .unwrap_or_default();
+            return Err(unsupported(&sent, UPLOAD_TYPES));
         }
     };
+
 
     let mut errors = Vec::new();
     let mut field = |field: &str, message: String| {

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmhook::broker::EmbeddedBroker;
-use wasmhook::config::{DeliverySettings, Settings, SmtpSettings};
+use wasmhook::config::{DeliverySettings, ServerSettings, Settings, SmtpSettings};
 use wasmhook::startup::Application;
 
 /// Which registry database a test runs against.
@@ -108,6 +108,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
             ..DeliverySettings::default()
         },
         smtp: None,
+        server: ServerSettings::default(),
     }
 }
 

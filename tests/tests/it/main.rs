@@ -4,6 +4,8 @@
 
 mod api;
 mod delivery;
+mod fuzz;
+mod hardening;
 mod helpers;
 mod plugin_runtime;
 mod plugins;
