@@ -161,11 +161,21 @@ pub struct Cli {
     pub idle_timeout: Duration,
 
     /// Most client connections open at once; beyond, a new one is answered 503 and closed.
-    #[arg(long, env = "WASMHOOK_MAX_CONNECTIONS", default_value_t = 1024, global = true)]
+    #[arg(
+        long,
+        env = "WASMHOOK_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        global = true
+    )]
     pub max_connections: usize,
 
     /// Most API requests handled at once; beyond, a request is answered 503.
-    #[arg(long, env = "WASMHOOK_MAX_CONCURRENT_REQUESTS", default_value_t = 256, global = true)]
+    #[arg(
+        long,
+        env = "WASMHOOK_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256,
+        global = true
+    )]
     pub max_concurrent_requests: usize,
 
     /// Fewest time between two alert emails about one subscription.
@@ -426,7 +436,10 @@ mod tests {
         let settings = cli.settings("b".into());
         for shown in [format!("{settings:?}"), format!("{cli:?}")] {
             assert!(!shown.contains("hunter2"), "{shown}");
-            assert!(shown.contains("postgres://app:********@db.internal/wasmhook"), "{shown}");
+            assert!(
+                shown.contains("postgres://app:********@db.internal/wasmhook"),
+                "{shown}"
+            );
         }
         assert_eq!(redact_url("sqlite://wasmhook.db"), "sqlite://wasmhook.db");
     }

@@ -84,12 +84,9 @@ impl Application {
 
         let router = api::router(self.state.clone(), self.settings.max_body_bytes);
         let server_stop = stop.clone();
-        let server = api::server::serve(
-            self.listener,
-            router,
-            self.settings.server,
-            async move { server_stop.cancelled().await },
-        );
+        let server = api::server::serve(self.listener, router, self.settings.server, async move {
+            server_stop.cancelled().await
+        });
 
         let trigger = stop.clone();
         tokio::spawn(async move {

@@ -164,7 +164,10 @@ mod tests {
     fn json_is_recognised_with_parameters_and_in_any_case() {
         assert_eq!(declared("application/json"), MediaType::Json);
         assert_eq!(declared("Application/JSON; charset=utf-8"), MediaType::Json);
-        assert_eq!(declared("multipart/form-data; boundary=x"), MediaType::Multipart);
+        assert_eq!(
+            declared("multipart/form-data; boundary=x"),
+            MediaType::Multipart
+        );
         assert_eq!(declared("application/wasm"), MediaType::Wasm);
         assert_eq!(MediaType::of(&HeaderMap::new()), MediaType::Absent);
     }

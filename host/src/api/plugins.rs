@@ -169,12 +169,16 @@ pub(super) async fn upload(
             let sent: String = request
                 .headers()
                 .get(CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(100).collect())
+                .map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(100)
+                        .collect()
+                })
                 .unwrap_or_default();
             return Err(unsupported(&sent, UPLOAD_TYPES));
         }
     };
-
 
     let mut errors = Vec::new();
     let mut field = |field: &str, message: String| {

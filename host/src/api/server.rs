@@ -376,16 +376,10 @@ mod tests {
     fn a_silent_connection_has_the_idle_deadline_and_a_started_head_the_header_deadline() {
         let t0 = Instant::now();
         let idle = Phase::Idle { since: t0 };
-        assert_eq!(
-            idle.deadline(&limits()),
-            Some(t0 + Duration::from_secs(60))
-        );
+        assert_eq!(idle.deadline(&limits()), Some(t0 + Duration::from_secs(60)));
         let t1 = t0 + Duration::from_secs(5);
         let head = idle.read(t1);
-        assert_eq!(
-            head.deadline(&limits()),
-            Some(t1 + Duration::from_secs(10))
-        );
+        assert_eq!(head.deadline(&limits()), Some(t1 + Duration::from_secs(10)));
         // More bytes of the same head do not extend it.
         assert_eq!(head.read(t1 + Duration::from_secs(9)), head);
     }

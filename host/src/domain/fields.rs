@@ -374,7 +374,8 @@ fn children(node: &jmespath::ast::Ast) -> Vec<&jmespath::ast::Ast> {
         | Ast::Flatten { node, .. }
         | Ast::Not { node, .. }
         | Ast::ObjectValues { node, .. } => vec![&**node],
-        Ast::Function { args: nodes, .. } | Ast::MultiList {
+        Ast::Function { args: nodes, .. }
+        | Ast::MultiList {
             elements: nodes, ..
         } => nodes.iter().collect(),
         Ast::MultiHash { elements, .. } => elements.iter().map(|pair| &pair.value).collect(),
@@ -636,7 +637,9 @@ mod tests {
     /// interpreter or the syntax tree's drop recurse on.
     fn hostile_shapes() -> [(&'static str, fn(usize) -> String); 15] {
         [
-            ("parentheses", |n| format!("{}a{}", "(".repeat(n), ")".repeat(n))),
+            ("parentheses", |n| {
+                format!("{}a{}", "(".repeat(n), ")".repeat(n))
+            }),
             ("negations", |n| format!("{}a", "!".repeat(n))),
             ("multi-select lists", |n| {
                 format!("{}a{}", "[".repeat(n), "]".repeat(n))

@@ -747,24 +747,37 @@ mod tests {
     fn lists_beyond_their_caps_are_refused_naming_the_cap() {
         let cases: [(&str, usize, fn(&mut serde_json::Value, usize)); 4] = [
             ("source", MAX_SOURCES, |b, n| {
-                b["source"] = (0..n).map(|i| serde_json::json!({"topic": format!("t{i}")})).collect();
+                b["source"] = (0..n)
+                    .map(|i| serde_json::json!({"topic": format!("t{i}")}))
+                    .collect();
             }),
             ("destination.webhook.headers", MAX_HEADERS, |b, n| {
                 b["destination"]["webhook"]["headers"] =
                     (0..n).map(|i| format!("X-H{i}: v")).collect();
             }),
-            ("source[0].jmes_filters", MAX_JMES_FILTERS_PER_SOURCE, |b, n| {
-                b["source"][0]["jmes_filters"] = vec!["a"; n].into();
-            }),
-            ("configuration.alerting.alert_emails", MAX_ALERT_EMAILS, |b, n| {
-                b["configuration"]["alerting"]["alert_emails"] =
-                    (0..n).map(|i| format!("ops{i}@example.com")).collect();
-            }),
+            (
+                "source[0].jmes_filters",
+                MAX_JMES_FILTERS_PER_SOURCE,
+                |b, n| {
+                    b["source"][0]["jmes_filters"] = vec!["a"; n].into();
+                },
+            ),
+            (
+                "configuration.alerting.alert_emails",
+                MAX_ALERT_EMAILS,
+                |b, n| {
+                    b["configuration"]["alerting"]["alert_emails"] =
+                        (0..n).map(|i| format!("ops{i}@example.com")).collect();
+                },
+            ),
         ];
         for (field, cap, fill) in cases {
             let mut body = valid();
             fill(&mut body, cap);
-            assert!(SubscriptionSpec::parse(request(body.clone()), None).is_ok(), "{field}");
+            assert!(
+                SubscriptionSpec::parse(request(body.clone()), None).is_ok(),
+                "{field}"
+            );
             fill(&mut body, cap + 1);
             let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
             assert_eq!(errors.0.len(), 1, "{errors}");

@@ -103,12 +103,37 @@ fn any_json() -> impl Strategy<Value = Value> {
 /// Mostly the API's own field names, so random values land where they matter.
 fn key() -> impl Strategy<Value = String> {
     const KEYS: &[&str] = &[
-        "id", "kind", "name", "active", "destination", "webhook", "url", "headers", "source",
-        "topic", "jmes_filters", "filter_plugin", "policy_plugin", "configuration",
-        "batching", "max_batch_size", "max_batch_interval_seconds", "retry", "max_retries",
-        "retry_algorithm", "alerting", "alert_channel", "alert_emails", "rate_limit",
-        "max_requests_per_second", "serialiser_plugin", "config", "version", "status",
-        "offline_message", "created_at",
+        "id",
+        "kind",
+        "name",
+        "active",
+        "destination",
+        "webhook",
+        "url",
+        "headers",
+        "source",
+        "topic",
+        "jmes_filters",
+        "filter_plugin",
+        "policy_plugin",
+        "configuration",
+        "batching",
+        "max_batch_size",
+        "max_batch_interval_seconds",
+        "retry",
+        "max_retries",
+        "retry_algorithm",
+        "alerting",
+        "alert_channel",
+        "alert_emails",
+        "rate_limit",
+        "max_requests_per_second",
+        "serialiser_plugin",
+        "config",
+        "version",
+        "status",
+        "offline_message",
+        "created_at",
     ];
     prop_oneof![
         3 => prop::sample::select(KEYS).prop_map(str::to_string),
@@ -209,18 +234,24 @@ fn attachment() -> impl Strategy<Value = Value> {
         field(any_json()),
     )
         .prop_map(|(name, version, config)| {
-            object(vec![("name", name), ("version", version), ("config", config)])
+            object(vec![
+                ("name", name),
+                ("version", version),
+                ("config", config),
+            ])
         })
 }
 
 fn source() -> impl Strategy<Value = Value> {
     (
         field(prop_oneof!["[a-zA-Z0-9._-]{1,30}", text()].prop_map(Value::from)),
-        field(prop_oneof![
-            prop::collection::vec(jmes(), 0..4),
-            prop::collection::vec(jmes(), 15..20),
-        ]
-        .prop_map(Value::Array)),
+        field(
+            prop_oneof![
+                prop::collection::vec(jmes(), 0..4),
+                prop::collection::vec(jmes(), 15..20),
+            ]
+            .prop_map(Value::Array),
+        ),
         field(attachment()),
         field(attachment()),
     )
@@ -253,7 +284,10 @@ fn configuration() -> impl Strategy<Value = Value> {
         field(choice(&["exponential_backoff", "fixed_time"])),
     )
         .prop_map(|(retries, algorithm)| {
-            object(vec![("max_retries", retries), ("retry_algorithm", algorithm)])
+            object(vec![
+                ("max_retries", retries),
+                ("retry_algorithm", algorithm),
+            ])
         });
     let email = prop_oneof![
         "[a-z]{1,10}@[a-z]{1,10}\\.[a-z]{2,3}",
@@ -274,8 +308,7 @@ fn configuration() -> impl Strategy<Value = Value> {
         .prop_map(|(channel, emails)| {
             object(vec![("alert_channel", channel), ("alert_emails", emails)])
         });
-    let rate_limit =
-        field(number()).prop_map(|n| object(vec![("max_requests_per_second", n)]));
+    let rate_limit = field(number()).prop_map(|n| object(vec![("max_requests_per_second", n)]));
     (
         field(batching),
         field(retry),
@@ -335,9 +368,13 @@ fn subscription_like() -> impl Strategy<Value = Value> {
 fn admin_like() -> impl Strategy<Value = Value> {
     (
         field(choice(&["online", "offline"])),
-        field(prop_oneof![text(), (900usize..1100).prop_map(|n| "m".repeat(n))].prop_map(Value::from)),
+        field(
+            prop_oneof![text(), (900usize..1100).prop_map(|n| "m".repeat(n))].prop_map(Value::from),
+        ),
     )
-        .prop_map(|(status, message)| object(vec![("status", status), ("offline_message", message)]))
+        .prop_map(|(status, message)| {
+            object(vec![("status", status), ("offline_message", message)])
+        })
 }
 
 fn json_body(value: impl Strategy<Value = Value>) -> impl Strategy<Value = Body> {
@@ -434,12 +471,13 @@ fn case(known: String) -> impl Strategy<Value = Case> {
         1 => (id(String::new()), id(String::new()))
             .prop_map(|(name, version)| (Method::GET, format!("/1/Plugin/{name}/{version}"))),
     ];
-    let sent = (target, content_type(), body()).prop_map(|((method, path), content_type, body)| Case {
-        method,
-        path,
-        content_type,
-        body,
-    });
+    let sent =
+        (target, content_type(), body()).prop_map(|((method, path), content_type, body)| Case {
+            method,
+            path,
+            content_type,
+            body,
+        });
     prop_oneof![4 => sent, 1 => upload()]
 }
 
@@ -461,7 +499,11 @@ async fn no_input_to_any_route_gets_a_5xx_or_stops_the_app(db: Db) {
     let sys = System::start(db).await;
     let app = &sys.app;
     let known = app
-        .subscribe(&subscription("fuzzed", "https://example.com/hook", &["orders"]))
+        .subscribe(&subscription(
+            "fuzzed",
+            "https://example.com/hook",
+            &["orders"],
+        ))
         .await;
     let config = Config {
         cases: CASES,
@@ -469,7 +511,8 @@ async fn no_input_to_any_route_gets_a_5xx_or_stops_the_app(db: Db) {
         max_shrink_iters: 500,
         ..Config::default()
     };
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &SEED));
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &SEED));
     let runtime = tokio::runtime::Handle::current();
     // proptest's runner is synchronous: each case is sent from this worker
     // thread, handed over to blocking so the runtime's other workers serve.

@@ -41,7 +41,11 @@ async fn json_routes_refuse_other_content_types_with_415(db: Db) {
     let app = &sys.app;
     let body = subscription("orders", "https://example.com/hook", &["orders"]).to_string();
     let id = app
-        .subscribe(&subscription("kept", "https://example.com/hook", &["orders"]))
+        .subscribe(&subscription(
+            "kept",
+            "https://example.com/hook",
+            &["orders"],
+        ))
         .await;
     let admin = json!({"status": "offline", "offline_message": "x"}).to_string();
     let routes = [
@@ -192,8 +196,14 @@ async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> (String, 
         }
     })
     .await;
-    assert!(closed.is_ok(), "the server kept the connection open for {bound:?}");
-    (String::from_utf8_lossy(&received).into_owned(), started.elapsed())
+    assert!(
+        closed.is_ok(),
+        "the server kept the connection open for {bound:?}"
+    );
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
 }
 
 fn address(app: &TestApp) -> String {
@@ -212,7 +222,10 @@ async fn a_client_that_sends_half_a_request_head_is_disconnected_after_the_heade
         .await
         .unwrap();
     let (received, took) = read_until_closed(&mut stream, Duration::from_secs(20)).await;
-    assert!(received.is_empty(), "no answer to half a head: {received:?}");
+    assert!(
+        received.is_empty(),
+        "no answer to half a head: {received:?}"
+    );
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
     // The server itself is unaffected.
     wait_for_health(&sys.app).await;
