@@ -26,8 +26,8 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let declared = MediaType::of(req.headers());
-        if let MediaType::Other(sent) = &declared {
-            return Err(unsupported(sent, JSON));
+        if !matches!(declared, MediaType::Json | MediaType::Absent) {
+            return Err(unsupported(&sent_type(req.headers()), JSON));
         }
         let limit = req
             .extensions()
@@ -89,6 +89,19 @@ impl MediaType {
             MediaType::Other(text.chars().take(100).collect())
         }
     }
+}
+
+/// The `content-type` as sent, shortened: it is echoed in the 415.
+pub fn sent_type(headers: &HeaderMap) -> String {
+    headers
+        .get(CONTENT_TYPE)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect()
+        })
+        .unwrap_or_else(|| "no content type".into())
 }
 
 pub fn unsupported(sent: &str, expected: &str) -> ApiError {

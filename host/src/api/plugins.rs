@@ -11,13 +11,13 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{StatusCode, header::CONTENT_TYPE};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::json::{BodyLimit, MediaType, body_timeout, read_body, unsupported};
+use super::json::{BodyLimit, MediaType, body_timeout, read_body, sent_type, unsupported};
 use crate::api::ApiError;
 use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};
 use crate::plugin::limits::LIMIT_FIELDS;
@@ -164,19 +164,8 @@ pub(super) async fn upload(
             let wasm = read_body(request, &state, limit).await?;
             raw_upload(query, wasm)
         }
-        MediaType::Absent => return Err(unsupported("no content type", UPLOAD_TYPES)),
-        MediaType::Json | MediaType::Other(_) => {
-            let sent: String = request
-                .headers()
-                .get(CONTENT_TYPE)
-                .map(|v| {
-                    String::from_utf8_lossy(v.as_bytes())
-                        .chars()
-                        .take(100)
-                        .collect()
-                })
-                .unwrap_or_default();
-            return Err(unsupported(&sent, UPLOAD_TYPES));
+        MediaType::Absent | MediaType::Json | MediaType::Other(_) => {
+            return Err(unsupported(&sent_type(request.headers()), UPLOAD_TYPES));
         }
     };
 
@@ -310,12 +299,21 @@ pub(super) async fn get(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    if unstorable(&name, &version) {
+        return Err(not_found(&name, &version));
+    }
     let plugin = state
         .registry
         .get_plugin(&name, &version)
         .await?
         .ok_or_else(|| not_found(&name, &version))?;
     Ok(Json(plugin_body(&plugin, state.engine.limits())))
+}
+
+/// PostgreSQL refuses a NUL byte in a text parameter (a 500); no stored
+/// plugin can have one, so such a name is simply not found.
+fn unstorable(name: &str, version: &str) -> bool {
+    name.contains('\0') || version.contains('\0')
 }
 
 fn not_found(name: &str, version: &str) -> ApiError {
@@ -326,6 +324,9 @@ pub(super) async fn delete(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    if unstorable(&name, &version) {
+        return Err(not_found(&name, &version));
+    }
     let plugin = state
         .registry
         .get_plugin(&name, &version)
