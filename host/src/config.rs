@@ -3,6 +3,7 @@
 //!
 //! Flags override the environment, which overrides the defaults.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
 /// With nothing configured it serves the REST API on 127.0.0.1:8080, keeps its
 /// registry in ./wasmhook.db (SQLite) and starts an embedded, in-memory Kafka
 /// broker for trying things out.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "wasmhook", version, about, long_about)]
 pub struct Cli {
     #[command(subcommand)]
@@ -153,6 +154,35 @@ pub struct Cli {
     /// Unset: the first start generates one and prints it once.
     #[arg(long, env = "WASMHOOK_ADMIN_TOKEN", value_parser = parse_token, hide_env_values = true, global = true)]
     pub admin_token: Option<AccessToken>,
+    /// Longest a client may take to send a request's head (line and headers).
+    #[arg(long, env = "WASMHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub header_read_timeout: Duration,
+
+    /// Longest a client may take to send a request's body.
+    #[arg(long, env = "WASMHOOK_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub body_read_timeout: Duration,
+
+    /// Longest a kept-alive connection may wait, silent, for its next request.
+    #[arg(long, env = "WASMHOOK_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub idle_timeout: Duration,
+
+    /// Most client connections open at once; beyond, a new one is answered 503 and closed.
+    #[arg(
+        long,
+        env = "WASMHOOK_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Most API requests handled at once; beyond, a request is answered 503.
+    #[arg(
+        long,
+        env = "WASMHOOK_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_concurrent_requests: usize,
 
     /// Fewest time between two alert emails about one subscription.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
@@ -168,6 +198,17 @@ pub struct Cli {
         global = true
     )]
     pub allowed_destinations: Option<DestinationPolicy>,
+}
+
+/// By hand so that the database URL's password stays out of it.
+impl fmt::Debug for Cli {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cli")
+            .field("command", &self.command)
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -227,7 +268,9 @@ impl StartFrom {
 }
 
 /// Everything the application needs, independent of how it was configured.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the database URL without its password.
+#[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
@@ -238,6 +281,59 @@ pub struct Settings {
     pub smtp: Option<SmtpSettings>,
     /// The configured admin token (its `Debug` shows only the public prefix).
     pub admin_token: Option<AccessToken>,
+    pub server: ServerSettings,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("delivery", &self.delivery)
+            .field("smtp", &self.smtp)
+            .field("server", &self.server)
+            .field("admin_token", &self.admin_token)
+            .finish()
+    }
+}
+
+/// How the REST API's server guards itself against slow or too many clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// From a request's first byte to the end of its head.
+    pub header_read_timeout: Duration,
+    /// For a handler to read the whole body.
+    pub body_read_timeout: Duration,
+    /// Silence allowed between two requests on one connection.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_concurrent_requests: 256,
+        }
+    }
+}
+
+/// The URL with its password masked, for messages, logs and `Debug`; text
+/// that is not a URL is shown as it is (it holds no password field to find).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("********"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -352,6 +448,13 @@ impl Cli {
                 from: self.smtp_from.clone(),
             }),
             admin_token: self.admin_token.clone(),
+            server: ServerSettings {
+                header_read_timeout: self.header_read_timeout,
+                body_read_timeout: self.body_read_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections,
+                max_concurrent_requests: self.max_concurrent_requests,
+            },
         }
     }
 }
@@ -451,6 +554,40 @@ mod tests {
             error.contains("\"nope\" is not a CIDR or an IP address"),
             "{error}"
         );
+    fn server_limits_default_to_10s_60s_60s_1024_and_256() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        assert_eq!(cli.settings("b".into()).server, ServerSettings::default());
+        let cli = Cli::try_parse_from([
+            "wasmhook",
+            "--header-read-timeout",
+            "1s",
+            "--max-concurrent-requests",
+            "8",
+        ])
+        .unwrap();
+        let server = cli.settings("b".into()).server;
+        assert_eq!(server.header_read_timeout, Duration::from_secs(1));
+        assert_eq!(server.max_concurrent_requests, 8);
+        assert_eq!(server.max_connections, 1024);
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let cli = Cli::try_parse_from([
+            "wasmhook",
+            "--database-url",
+            "postgres://app:hunter2@db.internal/wasmhook",
+        ])
+        .unwrap();
+        let settings = cli.settings("b".into());
+        for shown in [format!("{settings:?}"), format!("{cli:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("postgres://app:********@db.internal/wasmhook"),
+                "{shown}"
+            );
+        }
+        assert_eq!(redact_url("sqlite://wasmhook.db"), "sqlite://wasmhook.db");
     }
 
     #[test]

@@ -24,7 +24,10 @@ async fn serve() -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Migrate) => {
             Registry::open(&cli.database_url).await?;
-            println!("Migrations applied to {}.", cli.database_url);
+            println!(
+                "Migrations applied to {}.",
+                wasmhook::config::redact_url(&cli.database_url)
+            );
             return Ok(());
         }
         Some(Command::Token { action }) => return token_command(&cli, action).await,

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::Settings;
+use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
 use crate::domain::AccessToken;
 use crate::plugin::PluginEngine;
@@ -97,8 +97,9 @@ impl Application {
 
         let router = api::router(self.state.clone(), self.settings.max_body_bytes);
         let server_stop = stop.clone();
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { server_stop.cancelled().await });
+        let server = api::server::serve(self.listener, router, self.settings.server, async move {
+            server_stop.cancelled().await
+        });
 
         let trigger = stop.clone();
         tokio::spawn(async move {
@@ -136,15 +137,4 @@ async fn bootstrap_admin(
         .insert_token(&token, None, "generated at first start", None)
         .await?;
     Ok(Some(token))
-}
-
-/// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("********"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
 }

@@ -43,6 +43,13 @@ fn parse(request: AdminRequest) -> Result<(PlatformStatus, String), ValidationEr
         }
     };
     let message = request.offline_message.unwrap_or_default();
+    if message.contains('\0') {
+        // PostgreSQL cannot store it in text (it answered a 500).
+        errors.push(FieldError {
+            field: "offline_message".into(),
+            message: "must not contain NUL characters".into(),
+        });
+    }
     if message.chars().count() > MAX_OFFLINE_MESSAGE {
         errors.push(FieldError {
             field: "offline_message".into(),

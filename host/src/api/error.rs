@@ -1,7 +1,9 @@
 //! The API's error type and its one mapping to HTTP status and JSON body.
 //!
 //! Every error answers `{"code": …, "message": …, "errors": [{"field", "message"}]}`;
-//! `errors` lists each offending field for validation failures.
+//! `errors` lists each offending field for validation failures. An internal
+//! error's detail (a database error, say) is logged, never answered: the client
+//! gets a `reference` to find it in the log by.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +22,12 @@ pub enum ApiError {
     InvalidField { field: String, message: String },
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body's media type is not one this route reads.
+    #[error("the content type must be {expected}, got {sent}")]
+    UnsupportedMediaType { sent: String, expected: String },
+    /// The client did not send the whole body in time.
+    #[error("the body did not arrive within {seconds} s")]
+    BodyTimeout { seconds: u64 },
     #[error("{0}")]
     BadRequest(String),
     /// An upload that is not a usable plugin; `code` says which way.
@@ -50,6 +58,8 @@ struct ErrorBody<'a> {
     message: String,
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     errors: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<uuid::Uuid>,
 }
 
 impl ApiError {
@@ -61,6 +71,10 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            ApiError::UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidPlugin { code, .. } => (StatusCode::BAD_REQUEST, *code),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -92,7 +106,10 @@ impl From<RegistryError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        let reference = matches!(self, ApiError::Internal(_)).then(uuid::Uuid::new_v4);
+        if let Some(reference) = reference {
+            tracing::error!(%reference, error = %self, "Request failed.");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "Request failed.");
         }
         let single;
@@ -114,12 +131,18 @@ impl IntoResponse for ApiError {
                 if errors.0.len() == 1 { "" } else { "s" }
             ),
             ApiError::InvalidField { field, message } => format!("{field}: {message}"),
+            // The detail may name tables, queries or hosts: it stays in the log.
+            ApiError::Internal(_) => format!(
+                "an internal error occurred; the operator can find it in the log by reference {}",
+                reference.expect("set for internal errors")
+            ),
             other => other.to_string(),
         };
         let body = ErrorBody {
             code,
             message,
             errors,
+            reference,
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -129,5 +152,50 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_errors_answer_a_reference_and_not_their_detail() {
+        let (status, body) = answer(ApiError::Internal(
+            "error returned from database: relation \"subscriptions\" does not exist".into(),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["code"], "internal");
+        let reference = body["reference"].as_str().unwrap();
+        assert!(uuid::Uuid::parse_str(reference).is_ok(), "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(reference), "{body}");
+        assert!(!body.to_string().contains("relation"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_content_type_is_a_415_naming_both_types() {
+        let (status, body) = answer(ApiError::UnsupportedMediaType {
+            sent: "text/plain".into(),
+            expected: "application/json".into(),
+        })
+        .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(body["code"], "unsupported_media_type");
+        assert_eq!(
+            body["message"],
+            "the content type must be application/json, got text/plain"
+        );
+        assert!(body.get("reference").is_none());
     }
 }

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod error;
 pub mod json;
 mod plugins;
+pub mod server;
 mod subscriptions;
 mod tenants;
 

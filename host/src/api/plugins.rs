@@ -3,20 +3,21 @@
 //! An upload is `multipart/form-data` with the fields `name`, `version`,
 //! `role` and `wasm` (and optionally the limits `memory_bytes`,
 //! `cpu_deadline_ms`, `wall_deadline_ms`), or the raw component as the body
-//! with the same fields in the query. It is compiled once and checked against
+//! with the same fields in the query, sent as `application/wasm`; other
+//! content types are refused (415). It is compiled once and checked against
 //! its role's world before it is stored; once stored, the compiled artefact
 //! goes to the engine's cache for the pipelines.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{StatusCode, header::CONTENT_TYPE};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Principal;
-use super::json::BodyLimit;
+use super::json::{BodyLimit, MediaType, body_timeout, read_body, sent_type, unsupported};
 use super::{AppState, ListQuery, next_page_headers};
 use crate::api::ApiError;
 use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};
@@ -66,6 +67,21 @@ struct Upload {
     cpu_deadline_ms: Option<String>,
     wall_deadline_ms: Option<String>,
     wasm: Option<Bytes>,
+}
+
+const UPLOAD_TYPES: &str = "multipart/form-data or application/wasm";
+
+/// A raw-body upload: the component is the body, the fields are in the query.
+fn raw_upload(query: UploadQuery, wasm: Bytes) -> Upload {
+    Upload {
+        name: query.name,
+        version: query.version,
+        role: query.role,
+        memory_bytes: query.memory_bytes,
+        cpu_deadline_ms: query.cpu_deadline_ms,
+        wall_deadline_ms: query.wall_deadline_ms,
+        wasm: (!wasm.is_empty()).then_some(wasm),
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {
@@ -135,38 +151,25 @@ pub(super) async fn upload(
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
-    let multipart = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let upload = if multipart {
-        read_multipart(request, &state).await?
-    } else {
-        let limit = request
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(state.max_plugin_bytes, |l| l.0);
-        let wasm = Bytes::from_request(request, &state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large(limit)
-                } else {
-                    ApiError::BadRequest(format!(
-                        "could not read the body: {}",
-                        rejection.body_text()
-                    ))
-                }
-            })?;
-        Upload {
-            name: query.name,
-            version: query.version,
-            role: query.role,
-            memory_bytes: query.memory_bytes,
-            cpu_deadline_ms: query.cpu_deadline_ms,
-            wall_deadline_ms: query.wall_deadline_ms,
-            wasm: (!wasm.is_empty()).then_some(wasm),
+    let upload = match MediaType::of(request.headers()) {
+        MediaType::Multipart => {
+            let timeout = body_timeout(&request);
+            tokio::time::timeout(timeout, read_multipart(request, &state))
+                .await
+                .map_err(|_| ApiError::BodyTimeout {
+                    seconds: timeout.as_secs(),
+                })??
+        }
+        MediaType::Wasm => {
+            let limit = request
+                .extensions()
+                .get::<BodyLimit>()
+                .map_or(state.max_plugin_bytes, |l| l.0);
+            let wasm = read_body(request, &state, limit).await?;
+            raw_upload(query, wasm)
+        }
+        MediaType::Absent | MediaType::Json | MediaType::Other(_) => {
+            return Err(unsupported(&sent_type(request.headers()), UPLOAD_TYPES));
         }
     };
 
@@ -356,8 +359,17 @@ pub(super) async fn get(
     Query(query): Query<OwnerQuery>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    if unstorable(&name, &version) {
+        return Err(not_found(&name, &version));
+    }
     let plugin = find(&state, &principal, &query, &name, &version).await?;
     Ok(Json(plugin_body(&plugin, state.engine.limits())))
+}
+
+/// PostgreSQL refuses a NUL byte in a text parameter (a 500); no stored
+/// plugin can have one, so such a name is simply not found.
+fn unstorable(name: &str, version: &str) -> bool {
+    name.contains('\0') || version.contains('\0')
 }
 
 fn not_found(name: &str, version: &str) -> ApiError {
@@ -421,6 +433,9 @@ pub(super) async fn delete(
     Query(query): Query<OwnerQuery>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    if unstorable(&name, &version) {
+        return Err(not_found(&name, &version));
+    }
     let plugin = find(&state, &principal, &query, &name, &version).await?;
     if !principal.sees(plugin.owner.tenant()) {
         return Err(ApiError::Forbidden(format!(

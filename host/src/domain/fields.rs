@@ -241,13 +241,42 @@ pub struct JmesFilter {
     compiled: std::sync::Arc<jmespath::Expression<'static>>,
 }
 
+/// Longest JMESPath expression accepted, in bytes.
+pub const MAX_JMES_BYTES: usize = 1024;
+/// Deepest nesting of a JMESPath expression accepted, both as written
+/// (brackets, `!`, `&`, projections) and as compiled (the syntax tree).
+pub const MAX_JMES_DEPTH: usize = 32;
+
 impl JmesFilter {
+    /// The `jmespath` crate parses, searches and drops its syntax tree
+    /// recursively, so a deeply nested expression would overflow the stack
+    /// and kill the process: the length and the nesting are bounded before
+    /// the parser sees it, and the compiled tree before anything searches it.
     pub fn parse(value: String) -> Result<Self, String> {
         if value.trim().is_empty() {
             return Err("must not be empty".into());
         }
+        if value.len() > MAX_JMES_BYTES {
+            return Err(format!(
+                "must be at most {MAX_JMES_BYTES} bytes, got {}",
+                value.len()
+            ));
+        }
+        let written = written_depth(&value);
+        if written > MAX_JMES_DEPTH {
+            return Err(format!(
+                "nests {written} levels deep; at most {MAX_JMES_DEPTH} are allowed"
+            ));
+        }
         let compiled = jmespath::compile(&value)
             .map_err(|e| format!("is not a valid JMESPath expression: {e}"))?;
+        let depth = ast_depth(compiled.as_ast());
+        if depth > MAX_JMES_DEPTH {
+            return Err(format!(
+                "nests {depth} levels deep once compiled; at most {MAX_JMES_DEPTH} are allowed \
+                 (a long chain of '.', '|', '||', '&&' or comparisons counts one level per link)"
+            ));
+        }
         Ok(Self {
             source: value,
             compiled: std::sync::Arc::new(compiled),
@@ -263,6 +292,98 @@ impl JmesFilter {
             .search(document)
             .map(|result| result.is_truthy())
             .unwrap_or(false)
+    }
+}
+
+/// How deeply the parser would recurse on `expression`, over-estimated
+/// cheaply from the text: brackets, parentheses and braces nest; `!`, a
+/// unary `&`, a wildcard `*`, `[]`, `[*]` and `[?` each nest everything after
+/// them up to the end of their enclosing bracket. Quoted names, raw strings
+/// and JSON literals are skipped (the literals' own parser limits its depth).
+fn written_depth(expression: &str) -> usize {
+    let bytes = expression.as_bytes();
+    // One entry per open bracket: the depth it was opened at.
+    let mut open: Vec<usize> = Vec::new();
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let next = bytes.get(i + 1).copied();
+        match bytes[i] {
+            quote @ (b'"' | b'\'' | b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' if next == Some(b']') => {
+                depth += 1;
+                i += 1;
+            }
+            b'[' if next == Some(b'*') && bytes.get(i + 2) == Some(&b']') => {
+                depth += 1;
+                i += 2;
+            }
+            b'[' if next == Some(b'?') => {
+                // The filter's condition is inside the bracket, and the
+                // projection it starts nests what follows the bracket.
+                depth += 1;
+                open.push(depth);
+                depth += 1;
+                i += 1;
+            }
+            b'(' | b'[' | b'{' => {
+                open.push(depth);
+                depth += 1;
+            }
+            b')' | b']' | b'}' => depth = open.pop().unwrap_or(0),
+            b'!' if next != Some(b'=') => depth += 1,
+            b'&' if next == Some(b'&') => i += 1,
+            b'&' | b'*' => depth += 1,
+            _ => {}
+        }
+        deepest = deepest.max(depth);
+        i += 1;
+    }
+    deepest
+}
+
+/// The depth of a compiled syntax tree, walked without recursion.
+fn ast_depth(root: &jmespath::ast::Ast) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((node, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        stack.extend(children(node).into_iter().map(|child| (child, depth + 1)));
+    }
+    deepest
+}
+
+fn children(node: &jmespath::ast::Ast) -> Vec<&jmespath::ast::Ast> {
+    use jmespath::ast::Ast;
+    match node {
+        Ast::Comparison { lhs, rhs, .. }
+        | Ast::Projection { lhs, rhs, .. }
+        | Ast::And { lhs, rhs, .. }
+        | Ast::Or { lhs, rhs, .. }
+        | Ast::Subexpr { lhs, rhs, .. } => vec![&**lhs, &**rhs],
+        Ast::Condition {
+            predicate, then, ..
+        } => vec![&**predicate, &**then],
+        Ast::Expref { ast: node, .. }
+        | Ast::Flatten { node, .. }
+        | Ast::Not { node, .. }
+        | Ast::ObjectValues { node, .. } => vec![&**node],
+        Ast::Function { args: nodes, .. }
+        | Ast::MultiList {
+            elements: nodes, ..
+        } => nodes.iter().collect(),
+        Ast::MultiHash { elements, .. } => elements.iter().map(|pair| &pair.value).collect(),
+        Ast::Identity { .. }
+        | Ast::Field { .. }
+        | Ast::Index { .. }
+        | Ast::Literal { .. }
+        | Ast::Slice { .. } => Vec::new(),
     }
 }
 
@@ -311,8 +432,18 @@ pub struct HeaderLine {
     value: reqwest::header::HeaderValue,
 }
 
+/// Longest `Name: value` line accepted, in bytes; receivers commonly refuse
+/// header sections beyond 8 KiB in all.
+pub const MAX_HEADER_LINE_BYTES: usize = 4096;
+
 impl HeaderLine {
     pub fn parse(line: &str) -> Result<Self, String> {
+        if line.len() > MAX_HEADER_LINE_BYTES {
+            return Err(format!(
+                "must be at most {MAX_HEADER_LINE_BYTES} bytes, got {}",
+                line.len()
+            ));
+        }
         let (name, value) = line
             .split_once(':')
             .ok_or_else(|| "must have the form \"Name: value\"".to_string())?;
@@ -475,6 +606,131 @@ mod tests {
         let doc = jmespath::Variable::from_json(r#"{"amount": 2}"#).unwrap();
         assert!(!f.matches(&doc));
         assert!(JmesFilter::parse("amount >".into()).is_err());
+    }
+
+    #[test]
+    fn jmes_filters_beyond_1024_bytes_are_refused() {
+        let longest = format!("a == '{}'", "x".repeat(MAX_JMES_BYTES - 7));
+        assert_eq!(longest.len(), MAX_JMES_BYTES);
+        assert!(JmesFilter::parse(longest.clone()).is_ok());
+        let error = JmesFilter::parse(format!("{longest} ")).unwrap_err();
+        assert!(error.contains("at most 1024 bytes"), "{error}");
+    }
+
+    #[test]
+    fn written_depth_counts_nesting_but_not_quoted_text() {
+        assert_eq!(written_depth("a.b"), 0);
+        assert_eq!(written_depth("((a))"), 2);
+        assert_eq!(written_depth("!!a"), 2);
+        assert_eq!(written_depth("a && b || !c"), 1);
+        assert_eq!(written_depth("a != b"), 0);
+        assert_eq!(written_depth("a[*][*].b[]"), 3);
+        assert_eq!(written_depth("a[?b > `1`].c"), 2);
+        assert_eq!(written_depth("sort_by(a, &b)"), 2);
+        assert_eq!(written_depth("'((((' == \"[[[[\" || `{\"a\": [[1]]}`"), 0);
+        assert_eq!(written_depth("'\\'(((' == a"), 0);
+        // Closers without openers do not make the depth negative.
+        assert_eq!(written_depth(")))(a"), 1);
+    }
+
+    /// Expressions that nest `n` levels in the ways the parser, the
+    /// interpreter or the syntax tree's drop recurse on.
+    fn hostile_shapes() -> [(&'static str, fn(usize) -> String); 15] {
+        [
+            ("parentheses", |n| {
+                format!("{}a{}", "(".repeat(n), ")".repeat(n))
+            }),
+            ("negations", |n| format!("{}a", "!".repeat(n))),
+            ("multi-select lists", |n| {
+                format!("{}a{}", "[".repeat(n), "]".repeat(n))
+            }),
+            ("multi-select hashes", |n| {
+                format!("{}a{}", "{a: ".repeat(n), "}".repeat(n))
+            }),
+            ("expression references", |n| {
+                format!("{}a{}", "max_by(@, &".repeat(n), ")".repeat(n))
+            }),
+            ("projections", |n| format!("a{}", "[*]".repeat(n))),
+            ("wildcards", |n| format!("a{}", ".*".repeat(n))),
+            ("flattens", |n| format!("a{}", "[]".repeat(n))),
+            ("filters", |n| format!("a{}", "[?a]".repeat(n))),
+            ("subexpressions", |n| format!("a{}", ".a".repeat(n))),
+            ("pipes", |n| format!("a{}", " | a".repeat(n))),
+            ("ors", |n| format!("a{}", " || a".repeat(n))),
+            ("ands", |n| format!("a{}", " && a".repeat(n))),
+            ("comparisons", |n| format!("a{}", " == a".repeat(n))),
+            ("a deep literal", |n| {
+                format!("a == `{}1{}`", "[".repeat(n), "]".repeat(n))
+            }),
+        ]
+    }
+
+    /// A document as deep as the shapes above, so their searches go deep too.
+    fn deep_document() -> jmespath::Variable {
+        let mut json = "true".to_string();
+        // 120 levels: within serde_json's recursion limit of 128.
+        for _ in 0..60 {
+            json = format!("{{\"a\": [{json}]}}");
+        }
+        jmespath::Variable::from_json(&json).unwrap()
+    }
+
+    /// Runs `check` on a thread with a stack far smaller than the 2 MiB of
+    /// tokio's workers: a recursion that is only just bounded fails here.
+    fn on_a_small_stack(check: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(check)
+            .unwrap()
+            .join()
+            .expect("no stack overflow or panic on a 256 KiB stack");
+    }
+
+    #[test]
+    fn the_deepest_accepted_expressions_compile_and_search_on_a_small_stack() {
+        on_a_small_stack(|| {
+            let document = deep_document();
+            for (shape, nest) in hostile_shapes() {
+                let deepest = (1..=MAX_JMES_BYTES)
+                    .take_while(|&n| JmesFilter::parse(nest(n)).is_ok())
+                    .last()
+                    .unwrap_or_else(|| panic!("{shape}: one level is accepted"));
+                assert!(deepest >= 8, "{shape}: only {deepest} levels accepted");
+                let filter = JmesFilter::parse(nest(deepest)).unwrap();
+                filter.matches(&document);
+                drop(filter);
+            }
+        });
+    }
+
+    #[test]
+    fn expressions_nested_to_the_length_cap_are_refused_on_a_small_stack() {
+        on_a_small_stack(|| {
+            for (shape, nest) in hostile_shapes() {
+                let deepest = (1..)
+                    .take_while(|&n| nest(n).len() <= MAX_JMES_BYTES)
+                    .last()
+                    .unwrap();
+                let error = JmesFilter::parse(nest(deepest)).unwrap_err();
+                // A literal's depth is refused by its JSON parser, not by ours.
+                let refused_by = if shape == "a deep literal" {
+                    "recursion limit"
+                } else {
+                    "levels deep"
+                };
+                assert!(error.contains(refused_by), "{shape}: {error}");
+            }
+            let million = "(".repeat(1 << 20);
+            assert!(JmesFilter::parse(million).unwrap_err().contains("bytes"));
+        });
+    }
+
+    #[test]
+    fn header_lines_beyond_4096_bytes_are_refused() {
+        let line = format!("X-Big: {}", "v".repeat(MAX_HEADER_LINE_BYTES - 7));
+        assert!(HeaderLine::parse(&line).is_ok());
+        let error = HeaderLine::parse(&format!("{line}v")).unwrap_err();
+        assert!(error.contains("at most 4096 bytes"), "{error}");
     }
 
     #[test]

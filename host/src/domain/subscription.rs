@@ -62,6 +62,18 @@ impl std::fmt::Display for ValidationErrors {
     }
 }
 
+/// Caps on what one subscription may list: each keeps a single request's
+/// work (compiling filters, opening consumers, sending mail) bounded.
+pub const MAX_SOURCES: usize = 64;
+pub const MAX_HEADERS: usize = 32;
+pub const MAX_JMES_FILTERS_PER_SOURCE: usize = 16;
+pub const MAX_ALERT_EMAILS: usize = 20;
+
+/// The message of a list longer than its cap.
+fn too_many(cap: usize, what: &str, got: usize) -> String {
+    format!("must list at most {cap} {what}, got {got}")
+}
+
 // ---- The wire shape, as clients send it ----
 
 /// `POST /1/Subscription` and `PUT /1/Subscription/{id}` bodies.
@@ -354,8 +366,17 @@ fn parse_destination(
         WebhookUrl::parse(&u)
     });
     let previous_headers = previous.map(|p| p.destination.webhook.headers.as_slice());
+    let mut lines = webhook.headers.unwrap_or_default();
+    let within_cap = lines.len() <= MAX_HEADERS;
+    if !within_cap {
+        errors.push(
+            "destination.webhook.headers",
+            too_many(MAX_HEADERS, "headers", lines.len()),
+        );
+        lines.clear();
+    }
     let mut headers = Vec::new();
-    for (i, line) in webhook.headers.unwrap_or_default().into_iter().enumerate() {
+    for (i, line) in lines.into_iter().enumerate() {
         let field = format!("destination.webhook.headers[{i}]");
         let Some(header) = errors.check(&field, Some(line), |l| HeaderLine::parse(&l)) else {
             continue;
@@ -379,6 +400,7 @@ fn parse_destination(
             ),
         }
     }
+    within_cap.then_some(())?;
     Some(Destination {
         kind: kind?,
         webhook: WebhookDestination { url: url?, headers },
@@ -397,6 +419,10 @@ fn parse_sources(
         errors.push("source", "must list at least one topic");
         return None;
     }
+    if request.len() > MAX_SOURCES {
+        errors.push("source", too_many(MAX_SOURCES, "topics", request.len()));
+        return None;
+    }
     let mut sources = Vec::with_capacity(request.len());
     let mut complete = true;
     for (i, source) in request.into_iter().enumerate() {
@@ -406,16 +432,21 @@ fn parse_sources(
             TopicName::parse,
         );
         let mut filters = Vec::new();
-        for (j, expression) in source
-            .jmes_filters
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
-            let field = format!("source[{i}].jmes_filters[{j}]");
-            match errors.check(&field, Some(expression), JmesFilter::parse) {
-                Some(f) => filters.push(f),
-                None => complete = false,
+        let expressions = source.jmes_filters.unwrap_or_default();
+        if expressions.len() > MAX_JMES_FILTERS_PER_SOURCE {
+            // Not compiled one by one: the cap exists to spare that work.
+            errors.push(
+                format!("source[{i}].jmes_filters"),
+                too_many(MAX_JMES_FILTERS_PER_SOURCE, "filters", expressions.len()),
+            );
+            complete = false;
+        } else {
+            for (j, expression) in expressions.into_iter().enumerate() {
+                let field = format!("source[{i}].jmes_filters[{j}]");
+                match errors.check(&field, Some(expression), JmesFilter::parse) {
+                    Some(f) => filters.push(f),
+                    None => complete = false,
+                }
             }
         }
         let Some(topic) = topic else {
@@ -589,6 +620,13 @@ fn parse_alerting(request: AlertingRequest, errors: &mut ValidationErrors) -> Op
         );
         return None;
     }
+    if raw.len() > MAX_ALERT_EMAILS {
+        errors.push(
+            "configuration.alerting.alert_emails",
+            too_many(MAX_ALERT_EMAILS, "addresses", raw.len()),
+        );
+        return None;
+    }
     let mut emails = Vec::with_capacity(raw.len());
     let mut complete = true;
     for (i, address) in raw.into_iter().enumerate() {
@@ -705,6 +743,52 @@ mod tests {
                 "source[0].policy_plugin.config.n"
             ]
         );
+    }
+
+    #[test]
+    fn lists_beyond_their_caps_are_refused_naming_the_cap() {
+        let cases: [(&str, usize, fn(&mut serde_json::Value, usize)); 4] = [
+            ("source", MAX_SOURCES, |b, n| {
+                b["source"] = (0..n)
+                    .map(|i| serde_json::json!({"topic": format!("t{i}")}))
+                    .collect();
+            }),
+            ("destination.webhook.headers", MAX_HEADERS, |b, n| {
+                b["destination"]["webhook"]["headers"] =
+                    (0..n).map(|i| format!("X-H{i}: v")).collect();
+            }),
+            (
+                "source[0].jmes_filters",
+                MAX_JMES_FILTERS_PER_SOURCE,
+                |b, n| {
+                    b["source"][0]["jmes_filters"] = vec!["a"; n].into();
+                },
+            ),
+            (
+                "configuration.alerting.alert_emails",
+                MAX_ALERT_EMAILS,
+                |b, n| {
+                    b["configuration"]["alerting"]["alert_emails"] =
+                        (0..n).map(|i| format!("ops{i}@example.com")).collect();
+                },
+            ),
+        ];
+        for (field, cap, fill) in cases {
+            let mut body = valid();
+            fill(&mut body, cap);
+            assert!(
+                SubscriptionSpec::parse(request(body.clone()), None).is_ok(),
+                "{field}"
+            );
+            fill(&mut body, cap + 1);
+            let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{errors}");
+            assert_eq!(errors.0[0].field, field);
+            assert!(
+                errors.0[0].message.contains(&format!("at most {cap} ")),
+                "{errors}"
+            );
+        }
     }
 
     #[test]

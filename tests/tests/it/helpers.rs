@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmhook::broker::EmbeddedBroker;
-use wasmhook::config::{DeliverySettings, Settings, SmtpSettings};
+use wasmhook::config::{DeliverySettings, ServerSettings, Settings, SmtpSettings};
 use wasmhook::egress::DestinationPolicy;
 use wasmhook::startup::Application;
 
@@ -128,6 +128,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
         },
         smtp: None,
         admin_token: Some(wasmhook::domain::AccessToken::parse(ADMIN_TOKEN).unwrap()),
+        server: ServerSettings::default(),
     }
 }
 

@@ -5,6 +5,8 @@
 mod access;
 mod api;
 mod delivery;
+mod fuzz;
+mod hardening;
 mod helpers;
 mod plugin_runtime;
 mod plugins;
