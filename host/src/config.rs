@@ -4,12 +4,14 @@
 //! Flags override the environment, which overrides the defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::logging::LogFormat;
 use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
+use crate::secrets::{HiddenText, KeySource};
 
 /// Delivers Kafka messages to webhooks, with WebAssembly plugins.
 ///
@@ -150,6 +152,26 @@ pub struct Cli {
     /// Fewest time between two alert emails about one subscription.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub alert_interval: Duration,
+
+    /// Key that seals secrets at rest: the base64 of 32 random bytes
+    /// (`openssl rand -base64 32`), the same on every host. Unset, and no key
+    /// file: SQLite keeps a generated key beside its file; PostgreSQL refuses to start.
+    #[arg(long, env = "WASMHOOK_SECRET_KEY", hide_env_values = true, value_parser = hidden_text, conflicts_with = "secret_key_file", global = true)]
+    pub secret_key: Option<HiddenText>,
+
+    /// File holding the secret key (its base64 form), instead of WASMHOOK_SECRET_KEY.
+    #[arg(long, env = "WASMHOOK_SECRET_KEY_FILE", global = true)]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// How long a rotated-out signing secret keeps signing beside the new one.
+    #[arg(long, env = "WASMHOOK_SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub secret_rotation_overlap: Duration,
+}
+
+/// Takes the key's text as it is: parsing it here would let clap quote it in
+/// its error; start-up parses it and names the problem without the text.
+fn hidden_text(text: &str) -> Result<HiddenText, std::convert::Infallible> {
+    Ok(HiddenText(text.to_string()))
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -179,7 +201,7 @@ impl StartFrom {
 }
 
 /// Everything the application needs, independent of how it was configured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
@@ -188,6 +210,42 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub delivery: DeliverySettings,
     pub smtp: Option<SmtpSettings>,
+    pub secrets: SecretSettings,
+}
+
+/// Hand-written so that the database URL's password stays out of logs.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &crate::startup::redact_url(&self.database_url),
+            )
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("delivery", &self.delivery)
+            .field("smtp", &self.smtp)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key that seals secrets at rest, and signing-secret rotation.
+#[derive(Debug, Clone)]
+pub struct SecretSettings {
+    /// `None`: SQLite keeps a generated key beside its file; PostgreSQL refuses to start.
+    pub key: Option<KeySource>,
+    pub rotation_overlap: Duration,
+}
+
+impl Default for SecretSettings {
+    fn default() -> Self {
+        Self {
+            key: None,
+            rotation_overlap: Duration::from_secs(24 * 60 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +330,14 @@ impl Cli {
                 port: self.smtp_port,
                 from: self.smtp_from.clone(),
             }),
+            secrets: SecretSettings {
+                key: match (&self.secret_key, &self.secret_key_file) {
+                    (Some(text), _) => Some(KeySource::Base64(text.clone())),
+                    (None, Some(path)) => Some(KeySource::File(path.clone())),
+                    (None, None) => None,
+                },
+                rotation_overlap: self.secret_rotation_overlap,
+            },
         }
     }
 }
@@ -295,6 +361,24 @@ mod tests {
         let cli = Cli::try_parse_from(["wasmhook", "--log-format", "json"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["wasmhook", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn the_secret_key_comes_from_a_flag_or_a_file_and_is_never_shown() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        let secrets = cli.settings("b".into()).secrets;
+        assert!(secrets.key.is_none());
+        assert_eq!(secrets.rotation_overlap, Duration::from_secs(86_400));
+        let cli = Cli::try_parse_from(["wasmhook", "--secret-key", "c2VjcmV0LWtleQ=="]).unwrap();
+        let settings = cli.settings("b".into());
+        assert!(matches!(settings.secrets.key, Some(KeySource::Base64(_))));
+        assert!(!format!("{cli:?} {settings:?}").contains("c2VjcmV0LWtleQ"));
+        let cli = Cli::try_parse_from(["wasmhook", "--secret-key-file", "/k"]).unwrap();
+        assert!(matches!(cli.settings("b".into()).secrets.key, Some(KeySource::File(_))));
+        assert!(
+            Cli::try_parse_from(["wasmhook", "--secret-key", "x", "--secret-key-file", "/k"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!   components per role, load them for an attachment, run them per batch on
 //!   their own threads in a sandbox with CPU, wall-clock and memory limits.
 //! - [`signing`]: Standard Webhooks secrets and signatures.
+//! - [`secrets`]: the key that seals secrets at rest, and the sealed form of a value.
 //! - [`broker`]: the embedded in-memory Kafka broker used when none is configured.
 //!
 //! Data paths, delivery semantics and where each decision lives:
@@ -29,6 +30,7 @@ pub mod domain;
 pub mod logging;
 pub mod plugin;
 pub mod registry;
+pub mod secrets;
 pub mod signing;
 pub mod startup;
 

@@ -41,6 +41,9 @@ async fn serve() -> anyhow::Result<()> {
         "wasmhook is serving the REST API on http://{}",
         app.local_addr()
     );
+    if let Some(line) = app.key_origin().banner() {
+        println!("{line}");
+    }
     if embedded.is_some() {
         println!(
             "Embedded Kafka broker (IN-MEMORY, for trying things out; nothing survives a restart): {brokers}"

@@ -1,7 +1,8 @@
 //! Building and running the application: registry, REST server and delivery.
 //!
-//! `Application::build` does everything that can fail at start-up (open and
-//! migrate the registry, bind the listener) so that `main` and the tests see
+//! `Application::build` does everything that can fail at start-up (find the
+//! secret key, open and migrate the registry and check the key opens it, bind
+//! the listener) so that `main` and the tests see
 //! those errors before anything runs; `run_until_stopped` serves until the
 //! given shutdown future completes, then stops delivery within its grace period.
 
@@ -19,16 +20,20 @@ use crate::config::Settings;
 use crate::delivery::Supervisor;
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
+use crate::secrets::{KeyOrigin, resolve_key};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     settings: Settings,
+    key_origin: KeyOrigin,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let registry = Registry::open(&settings.database_url)
+        let (key, key_origin) = resolve_key(settings.secrets.key.as_ref(), &settings.database_url)
+            .context("finding the secret key")?;
+        let registry = Registry::open_with(&settings.database_url, key)
             .await
             .with_context(|| {
                 format!(
@@ -50,9 +55,16 @@ impl Application {
                 changes: Arc::new(Notify::new()),
                 engine,
                 max_plugin_bytes: settings.delivery.plugins.max_component_bytes,
+                secret_rotation_overlap: settings.secrets.rotation_overlap,
             },
             settings,
+            key_origin,
         })
+    }
+
+    /// Where the secret key came from, for the start-up banner.
+    pub fn key_origin(&self) -> &KeyOrigin {
+        &self.key_origin
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,7 +118,7 @@ impl Application {
 }
 
 /// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("********"));

@@ -1,7 +1,8 @@
 //! The REST API: subscriptions, their status, the admin switch, plugins.
 //!
 //! Routes: `/1/Subscription` (create, list), `/1/Subscription/{id}` (get, replace,
-//! delete), `/1/Subscription/{id}/Status`, `/1/EventNotificationAdmin` (get, set),
+//! delete), `/1/Subscription/{id}/Status`, `/1/Subscription/{id}/Secret/Rotate`,
+//! `/1/EventNotificationAdmin` (get, set),
 //! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete) and `/healthz`. Handlers parse into domain types, talk to the registry and poke
 //! the delivery supervisor; they hold no delivery logic.
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::Method;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::Notify;
 
 use crate::plugin::PluginEngine;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub engine: PluginEngine,
     /// Body limit of `POST /1/Plugin`, larger than the others.
     pub max_plugin_bytes: usize,
+    /// How long a rotated-out signing secret keeps signing.
+    pub secret_rotation_overlap: std::time::Duration,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
@@ -62,6 +65,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                 .delete(subscriptions::delete),
         )
         .route("/1/Subscription/{id}/Status", get(subscriptions::status))
+        .route("/1/Subscription/{id}/Secret/Rotate", post(subscriptions::rotate_secret))
         .route(
             "/1/EventNotificationAdmin",
             get(admin::get).post(admin::set),

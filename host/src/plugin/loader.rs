@@ -45,7 +45,7 @@ impl Loaded {
         PluginInstance::deferred(
             engine,
             &self.compiled,
-            attachment.config.pairs().to_vec(),
+            attachment.init_config(),
             self.limits,
         )
     }
@@ -110,7 +110,7 @@ pub async fn instantiate(
     PluginInstance::new(
         engine,
         &loaded.compiled,
-        attachment.config.pairs().to_vec(),
+        attachment.init_config(),
         loaded.limits,
     )
     .await

@@ -4,6 +4,11 @@
 //! SQL here is written once for both databases (`$n` placeholders, which SQLite
 //! also accepts); the two differ only in their migrations. Times are stored as
 //! milliseconds since the epoch. This module knows nothing of HTTP or Kafka.
+//!
+//! Secrets (signing secrets, header values, secret plugin config) are sealed
+//! with the platform's [`SecretKey`] as they are written and opened as they are
+//! read: the rest of the crate only ever sees them in plain text, the database
+//! never does.
 
 mod activity;
 mod admin;
@@ -11,10 +16,13 @@ mod plugins;
 mod subscriptions;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
+
+use crate::secrets::{SealError, SecretKey};
 
 pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
 pub use admin::{AdminState, PlatformStatus};
@@ -38,6 +46,20 @@ pub enum RegistryError {
     Conflict,
     #[error("{0}")]
     Duplicate(String),
+    /// A stored secret does not open: the registry was sealed with another key.
+    #[error(
+        "the stored {field} of subscription {subscription} does not open with this secret key \
+         ({source}); the registry was written with another key: start with that key \
+         (WASMHOOK_SECRET_KEY, --secret-key-file, or the key file beside the SQLite file)"
+    )]
+    Unsealable {
+        subscription: String,
+        field: String,
+        #[source]
+        source: SealError,
+    },
+    #[error("the registry was opened without a secret key, and {0} needs one")]
+    NoSecretKey(String),
 }
 
 /// Which database the registry runs on.
@@ -64,13 +86,28 @@ impl DatabaseKind {
 pub struct Registry {
     pool: AnyPool,
     kind: DatabaseKind,
+    /// Seals and opens stored secrets; `None` when opened with [`Registry::open`]
+    /// (migrations, tools), which then cannot read or write them.
+    key: Option<Arc<SecretKey>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 impl Registry {
-    /// Opens the database (creating a SQLite file if needed) and applies migrations.
+    /// Opens the registry with the key that seals its secrets: as
+    /// [`Registry::open`], then checks that the key opens every stored secret
+    /// (a wrong key fails here, not later with garbage) and seals those still
+    /// stored in plain text by an older version.
+    pub async fn open_with(url: &str, key: SecretKey) -> Result<Self, RegistryError> {
+        let mut registry = Self::open(url).await?;
+        registry.key = Some(Arc::new(key));
+        registry.seal_stored_secrets().await?;
+        Ok(registry)
+    }
+
+    /// Opens the database (creating a SQLite file if needed) and applies
+    /// migrations, without a secret key (see [`Registry::open_with`]).
     pub async fn open(url: &str) -> Result<Self, RegistryError> {
         install_default_drivers();
         let kind = DatabaseKind::of_url(url)?;
@@ -111,7 +148,11 @@ impl Registry {
             DatabaseKind::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             DatabaseKind::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        let registry = Self { pool, kind };
+        let registry = Self {
+            pool,
+            kind,
+            key: None,
+        };
         registry.ensure_admin_state().await?;
         Ok(registry)
     }

@@ -8,3 +8,4 @@ mod helpers;
 mod plugin_runtime;
 mod plugins;
 mod sandbox;
+mod secrets;
