@@ -374,7 +374,10 @@ mod tests {
         assert!(matches!(settings.secrets.key, Some(KeySource::Base64(_))));
         assert!(!format!("{cli:?} {settings:?}").contains("c2VjcmV0LWtleQ"));
         let cli = Cli::try_parse_from(["wasmhook", "--secret-key-file", "/k"]).unwrap();
-        assert!(matches!(cli.settings("b".into()).secrets.key, Some(KeySource::File(_))));
+        assert!(matches!(
+            cli.settings("b".into()).secrets.key,
+            Some(KeySource::File(_))
+        ));
         assert!(
             Cli::try_parse_from(["wasmhook", "--secret-key", "x", "--secret-key-file", "/k"])
                 .is_err()

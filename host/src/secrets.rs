@@ -27,20 +27,24 @@ const NONCE_BYTES: usize = 24;
 /// Why a sealed value could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
-    #[error("the value is not sealed (no {SEALED_PREFIX} prefix)")]
+    #[error("the value is not sealed (no enc:v1: prefix)")]
     NotSealed,
     #[error("the sealed value is corrupt: {0}")]
     Corrupt(&'static str),
     /// Wrong key, tampered ciphertext or a value moved from where it was sealed:
     /// the AEAD cannot tell these apart, and neither can we.
-    #[error("the sealed value does not open with this key (another key sealed it, or it was altered)")]
+    #[error(
+        "the sealed value does not open with this key (another key sealed it, or it was altered)"
+    )]
     WrongKey,
 }
 
 /// Why no key could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{what} must be the base64 of {KEY_BYTES} bytes (make one with `openssl rand -base64 32`): {problem}")]
+    #[error(
+        "{what} must be the base64 of 32 bytes (make one with `openssl rand -base64 32`): {problem}"
+    )]
     Malformed { what: String, problem: String },
     #[error("could not read the secret key file {path}: {source}")]
     Read {
@@ -60,7 +64,9 @@ pub enum KeyError {
          the same on every host, or --secret-key-file / WASMHOOK_SECRET_KEY_FILE"
     )]
     NoneForPostgres,
-    #[error("cannot tell where the SQLite database file of {0:?} is, to keep its secret key beside it; set WASMHOOK_SECRET_KEY")]
+    #[error(
+        "cannot tell where the SQLite database file of {0:?} is, to keep its secret key beside it; set WASMHOOK_SECRET_KEY"
+    )]
     NoSqliteFile(String),
 }
 
@@ -97,7 +103,7 @@ impl SecretKey {
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new((&self.0).into())
+        XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&self.0))
     }
 
     /// Seals `plaintext` for the place named by `context` (e.g.
@@ -264,7 +270,9 @@ fn key_beside(path: &Path) -> Result<(SecretKey, KeyOrigin), KeyError> {
             let key = SecretKey::generate();
             let mut text = key.to_base64();
             text.push('\n');
-            let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
+            let written = file
+                .write_all(text.as_bytes())
+                .and_then(|()| file.sync_all());
             text.zeroize();
             written.map_err(|source| KeyError::Create {
                 path: path.to_path_buf(),

@@ -118,7 +118,11 @@ mod tests {
         let both = signature_header(&current, Some(&previous), "m", 1, b"{}", now);
         assert_eq!(
             both,
-            format!("{} {}", current.sign("m", 1, b"{}"), old.sign("m", 1, b"{}"))
+            format!(
+                "{} {}",
+                current.sign("m", 1, b"{}"),
+                old.sign("m", 1, b"{}")
+            )
         );
         let later = now + chrono::Duration::seconds(1);
         let one = signature_header(&current, Some(&previous), "m", 1, b"{}", later);

@@ -65,7 +65,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                 .delete(subscriptions::delete),
         )
         .route("/1/Subscription/{id}/Status", get(subscriptions::status))
-        .route("/1/Subscription/{id}/Secret/Rotate", post(subscriptions::rotate_secret))
+        .route(
+            "/1/Subscription/{id}/Secret/Rotate",
+            post(subscriptions::rotate_secret),
+        )
         .route(
             "/1/EventNotificationAdmin",
             get(admin::get).post(admin::set),

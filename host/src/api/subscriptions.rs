@@ -42,10 +42,7 @@ pub(super) async fn create(
     let spec = SubscriptionSpec::parse(request, None).map_err(ApiError::Validation)?;
     check_plugins(&state, &spec).await?;
     let secret = SigningSecret::generate();
-    let stored = state
-        .registry
-        .create_subscription(&spec, &secret)
-        .await?;
+    let stored = state.registry.create_subscription(&spec, &secret).await?;
     if spec.active.is_active() {
         state
             .registry
@@ -186,8 +183,8 @@ pub(super) async fn rotate_secret(
 ) -> Result<Json<Value>, ApiError> {
     let current = load(&state, &id).await?;
     let secret = SigningSecret::generate();
-    let overlap = chrono::Duration::from_std(state.secret_rotation_overlap)
-        .unwrap_or(chrono::Duration::MAX);
+    let overlap =
+        chrono::Duration::from_std(state.secret_rotation_overlap).unwrap_or(chrono::Duration::MAX);
     let expires_at = chrono::Utc::now()
         .checked_add_signed(overlap)
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);

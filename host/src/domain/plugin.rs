@@ -353,9 +353,9 @@ impl PluginAttachment {
             .collect();
         // Longest first, so a secret containing another is masked whole.
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        values
-            .into_iter()
-            .fold(text.to_string(), |text, v| text.replace(v, super::fields::MASK))
+        values.into_iter().fold(text.to_string(), |text, v| {
+            text.replace(v, super::fields::MASK)
+        })
     }
 }
 
@@ -436,7 +436,8 @@ mod tests {
 
     #[test]
     fn a_masked_secret_value_keeps_the_stored_one_and_keys_stay_apart() {
-        let config = |v: serde_json::Value| PluginConfig::parse(v.as_object().unwrap().clone()).unwrap();
+        let config =
+            |v: serde_json::Value| PluginConfig::parse(v.as_object().unwrap().clone()).unwrap();
         let stored = SecretConfig(config(serde_json::json!({"token": "t"})));
         let plain = config(serde_json::json!({"field": "/a"}));
         let kept = SecretConfig::resolve(
@@ -447,7 +448,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             kept.0.pairs(),
-            [("token".to_string(), "t".to_string()), ("other".into(), "o".into())]
+            [
+                ("token".to_string(), "t".to_string()),
+                ("other".into(), "o".into())
+            ]
         );
         let errors = SecretConfig::resolve(
             config(serde_json::json!({"token": "********", "field": "x"})),
@@ -478,7 +482,10 @@ mod tests {
             ]
         );
         let debug = format!("{attachment:?}");
-        assert!(!debug.contains("t0ken-value") && debug.contains("token"), "{debug}");
+        assert!(
+            !debug.contains("t0ken-value") && debug.contains("token"),
+            "{debug}"
+        );
         assert_eq!(
             attachment.scrub("bad token t0ken-value!"),
             "bad token ********!"

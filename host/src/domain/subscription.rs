@@ -338,8 +338,10 @@ impl SubscriptionSpec {
     /// The spec as responses show it: header values and secret config values masked.
     pub fn to_public_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("a spec always serialises");
-        map_stored_secrets(&mut value, |_, _| Ok::<_, std::convert::Infallible>(MASK.into()))
-            .unwrap_or_else(|never| match never {});
+        map_stored_secrets(&mut value, |_, _| {
+            Ok::<_, std::convert::Infallible>(MASK.into())
+        })
+        .unwrap_or_else(|never| match never {});
         value
     }
 }
@@ -367,20 +369,26 @@ pub fn map_stored_secrets<E>(
             *line = serde_json::Value::String(format!("{name}: {mapped}"));
         }
     }
+    // Taken from one pass over the object, so the borrows stay apart.
     let mut attachments: Vec<(String, &mut serde_json::Value)> = Vec::new();
-    if let Some(sources) = stored.get_mut("source").and_then(|s| s.as_array_mut()) {
-        for (i, source) in sources.iter_mut().enumerate() {
-            if let Some(source) = source.as_object_mut() {
-                for (role, attachment) in source.iter_mut() {
-                    if role == "filter_plugin" || role == "policy_plugin" {
-                        attachments.push((format!("source[{i}].{role}"), attachment));
+    for (key, value) in stored.as_object_mut().into_iter().flatten() {
+        match (key.as_str(), value) {
+            ("source", serde_json::Value::Array(sources)) => {
+                for (i, source) in sources.iter_mut().enumerate() {
+                    for (role, attachment) in source.as_object_mut().into_iter().flatten() {
+                        if role == "filter_plugin" || role == "policy_plugin" {
+                            attachments.push((format!("source[{i}].{role}"), attachment));
+                        }
                     }
                 }
             }
+            ("configuration", configuration) => {
+                if let Some(attachment) = configuration.get_mut("serialiser_plugin") {
+                    attachments.push(("configuration.serialiser_plugin".into(), attachment));
+                }
+            }
+            _ => {}
         }
-    }
-    if let Some(attachment) = stored.pointer_mut("/configuration/serialiser_plugin") {
-        attachments.push(("configuration.serialiser_plugin".into(), attachment));
     }
     for (path, attachment) in attachments {
         let Some(secrets) = attachment
@@ -837,16 +845,31 @@ mod tests {
         assert_eq!(
             seen,
             [
-                ("destination.webhook.headers.authorization".to_string(), "Bearer t".to_string()),
+                (
+                    "destination.webhook.headers.authorization".to_string(),
+                    "Bearer t".to_string()
+                ),
                 ("destination.webhook.headers.x-key".into(), "a:b".into()),
-                ("source[0].filter_plugin.secret_config.token".into(), "s1".into()),
-                ("configuration.serialiser_plugin.secret_config.k".into(), "s2".into()),
+                (
+                    "source[0].filter_plugin.secret_config.token".into(),
+                    "s1".into()
+                ),
+                (
+                    "configuration.serialiser_plugin.secret_config.k".into(),
+                    "s2".into()
+                ),
             ]
         );
-        assert_eq!(stored["destination"]["webhook"]["headers"][1], "x-key: <a:b>");
+        assert_eq!(
+            stored["destination"]["webhook"]["headers"][1],
+            "x-key: <a:b>"
+        );
         assert_eq!(stored["source"][0]["filter_plugin"]["config"]["plain"], "p");
         let public = spec.to_public_json();
-        assert_eq!(public["source"][0]["filter_plugin"]["secret_config"]["token"], MASK);
+        assert_eq!(
+            public["source"][0]["filter_plugin"]["secret_config"]["token"],
+            MASK
+        );
         assert_eq!(public["source"][0]["filter_plugin"]["config"]["plain"], "p");
         assert!(!public.to_string().contains("s2"));
     }
@@ -867,11 +890,17 @@ mod tests {
         });
         body["source"][0]["filter_plugin"]["name"] = "g".into();
         let errors = SubscriptionSpec::parse(request(body.clone()), Some(&stored)).unwrap_err();
-        assert_eq!(errors.0[0].field, "source[0].filter_plugin.secret_config.token");
+        assert_eq!(
+            errors.0[0].field,
+            "source[0].filter_plugin.secret_config.token"
+        );
         body["source"][0]["filter_plugin"] = serde_json::json!({"name": "f", "version": "1.0.0",
             "config": {"token": "a"}, "secret_config": {"token": "b"}});
         let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
-        assert_eq!(errors.0[0].field, "source[0].filter_plugin.secret_config.token");
+        assert_eq!(
+            errors.0[0].field,
+            "source[0].filter_plugin.secret_config.token"
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ impl DatabaseKind {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres)
         } else {
-            Err(RegistryError::UnsupportedUrl(url.to_string()))
+            // Named in the message, so without its password.
+            Err(RegistryError::UnsupportedUrl(crate::startup::redact_url(
+                url,
+            )))
         }
     }
 }

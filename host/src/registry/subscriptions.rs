@@ -90,9 +90,9 @@ impl<'a> Sealer<'a> {
     }
 
     fn seal(&self, field: &str, plaintext: &str) -> Result<String, RegistryError> {
-        let key = self
-            .key
-            .ok_or_else(|| RegistryError::NoSecretKey(format!("writing subscription {}", self.id)))?;
+        let key = self.key.ok_or_else(|| {
+            RegistryError::NoSecretKey(format!("writing subscription {}", self.id))
+        })?;
         Ok(key.seal(plaintext, &context(self.id, field)))
     }
 
@@ -125,13 +125,18 @@ impl<'a> Sealer<'a> {
 
     fn decode_spec(&mut self, stored: &str) -> Result<SubscriptionSpec, RegistryError> {
         let id = self.id;
-        let corrupt = |e: serde_json::Error| RegistryError::Corrupt(format!("subscription {id}: {e}"));
+        let corrupt =
+            |e: serde_json::Error| RegistryError::Corrupt(format!("subscription {id}: {e}"));
         let mut value: serde_json::Value = serde_json::from_str(stored).map_err(corrupt)?;
         map_stored_secrets(&mut value, |field, sealed| self.open(field, sealed))?;
         serde_json::from_value(value).map_err(corrupt)
     }
 
-    fn signing_secret(&mut self, field: &str, stored: &str) -> Result<SigningSecret, RegistryError> {
+    fn signing_secret(
+        &mut self,
+        field: &str,
+        stored: &str,
+    ) -> Result<SigningSecret, RegistryError> {
         let text = self.open(field, stored)?;
         SigningSecret::parse(&text)
             .map_err(|e| RegistryError::Corrupt(format!("subscription {}: {field}: {e}", self.id)))
@@ -348,7 +353,10 @@ impl Registry {
             sealed += 1;
         }
         if sealed > 0 {
-            tracing::info!(subscriptions = sealed, "Secrets stored in plain text are now sealed.");
+            tracing::info!(
+                subscriptions = sealed,
+                "Secrets stored in plain text are now sealed."
+            );
         }
         Ok(())
     }

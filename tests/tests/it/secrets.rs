@@ -76,7 +76,9 @@ where
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     rows.iter()
-        .flat_map(|row| (0..row.len()).filter_map(|i| row.try_get::<Option<String>, _>(i).ok().flatten()))
+        .flat_map(|row| {
+            (0..row.len()).filter_map(|i| row.try_get::<Option<String>, _>(i).ok().flatten())
+        })
         .collect()
 }
 
@@ -86,7 +88,10 @@ async fn assert_sealed_at_rest(db: Db, url: &str, secrets: &[&str]) {
     let stored = stored_text(db, url).await;
     for secret in secrets {
         let leaks: Vec<&String> = stored.iter().filter(|t| t.contains(secret)).collect();
-        assert!(leaks.is_empty(), "{secret:?} is stored in plain text: {leaks:?}");
+        assert!(
+            leaks.is_empty(),
+            "{secret:?} is stored in plain text: {leaks:?}"
+        );
     }
     assert!(
         stored.iter().any(|t| t.starts_with("enc:v1:")),
@@ -115,8 +120,10 @@ fn verifies(secret: &str, request: &Received) -> bool {
 /// A subscription of `orders` whose header carries a secret value.
 fn secret_subscription(url: &str) -> Value {
     let mut body = subscription("secret-orders", url, &["orders"]);
-    body["destination"]["webhook"]["headers"] =
-        json!([format!("Authorization: {HEADER_SECRET}"), "X-Plain: visible"]);
+    body["destination"]["webhook"]["headers"] = json!([
+        format!("Authorization: {HEADER_SECRET}"),
+        "X-Plain: visible"
+    ]);
     body
 }
 
@@ -167,11 +174,10 @@ async fn rotate(sys: &System, id: &str) -> (String, chrono::DateTime<chrono::Utc
     assert_eq!(status, StatusCode::OK, "{body}");
     let secret = body["signing_secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_"), "{body}");
-    let expires = chrono::DateTime::parse_from_rfc3339(
-        body["previous_secret_expires_at"].as_str().unwrap(),
-    )
-    .unwrap()
-    .to_utc();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["previous_secret_expires_at"].as_str().unwrap())
+            .unwrap()
+            .to_utc();
     (secret, expires)
 }
 
@@ -196,10 +202,16 @@ async fn the_registry_holds_no_secret_in_plain_text_while_deliveries_carry_them(
         shown["source"][0]["filter_plugin"]["secret_config"],
         json!({"equals": "********"})
     );
-    assert_eq!(shown["source"][0]["filter_plugin"]["config"], json!({"field": "/kind"}));
+    assert_eq!(
+        shown["source"][0]["filter_plugin"]["config"],
+        json!({"field": "/kind"})
+    );
     for response in [&created, &shown] {
         let text = response.to_string();
-        assert!(!text.contains(PLUGIN_SECRET) && !text.contains(HEADER_SECRET), "{text}");
+        assert!(
+            !text.contains(PLUGIN_SECRET) && !text.contains(HEADER_SECRET),
+            "{text}"
+        );
     }
 
     produce(
@@ -313,7 +325,10 @@ async fn a_rotated_secret_and_its_predecessor_both_sign_during_the_overlap(db: D
         "the default overlap is 24 h, got {window}"
     );
     // The secret is shown once: nothing else shows it.
-    for path in [format!("/1/Subscription/{id}"), "/1/Subscription".to_string()] {
+    for path in [
+        format!("/1/Subscription/{id}"),
+        "/1/Subscription".to_string(),
+    ] {
         let text = sys.app.get(&path).await.1.to_string();
         assert!(!text.contains(&new) && !text.contains(&old), "{text}");
     }
