@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -13,6 +14,7 @@ use crate::domain::AccessToken;
 use crate::egress::DestinationPolicy;
 use crate::logging::LogFormat;
 use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
+use crate::secrets::{HiddenText, KeySource};
 
 /// Delivers Kafka messages to webhooks, with WebAssembly plugins.
 ///
@@ -198,6 +200,25 @@ pub struct Cli {
         global = true
     )]
     pub allowed_destinations: Option<DestinationPolicy>,
+    /// Key that seals secrets at rest: the base64 of 32 random bytes
+    /// (`openssl rand -base64 32`), the same on every host. Unset, and no key
+    /// file: SQLite keeps a generated key beside its file; PostgreSQL refuses to start.
+    #[arg(long, env = "WASMHOOK_SECRET_KEY", hide_env_values = true, value_parser = hidden_text, conflicts_with = "secret_key_file", global = true)]
+    pub secret_key: Option<HiddenText>,
+
+    /// File holding the secret key (its base64 form), instead of WASMHOOK_SECRET_KEY.
+    #[arg(long, env = "WASMHOOK_SECRET_KEY_FILE", global = true)]
+    pub secret_key_file: Option<PathBuf>,
+
+    /// How long a rotated-out signing secret keeps signing beside the new one.
+    #[arg(long, env = "WASMHOOK_SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub secret_rotation_overlap: Duration,
+}
+
+/// Takes the key's text as it is: parsing it here would let clap quote it in
+/// its error; start-up parses it and names the problem without the text.
+fn hidden_text(text: &str) -> Result<HiddenText, std::convert::Infallible> {
+    Ok(HiddenText(text.to_string()))
 }
 
 /// By hand so that the database URL's password stays out of it.
@@ -282,6 +303,7 @@ pub struct Settings {
     /// The configured admin token (its `Debug` shows only the public prefix).
     pub admin_token: Option<AccessToken>,
     pub server: ServerSettings,
+    pub secrets: SecretSettings,
 }
 
 impl fmt::Debug for Settings {
@@ -295,6 +317,7 @@ impl fmt::Debug for Settings {
             .field("smtp", &self.smtp)
             .field("server", &self.server)
             .field("admin_token", &self.admin_token)
+            .field("secrets", &self.secrets)
             .finish()
     }
 }
@@ -333,6 +356,23 @@ pub fn redact_url(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+/// The key that seals secrets at rest, and signing-secret rotation.
+#[derive(Debug, Clone)]
+pub struct SecretSettings {
+    /// `None`: SQLite keeps a generated key beside its file; PostgreSQL refuses to start.
+    pub key: Option<KeySource>,
+    pub rotation_overlap: Duration,
+}
+
+impl Default for SecretSettings {
+    fn default() -> Self {
+        Self {
+            key: None,
+            rotation_overlap: Duration::from_secs(24 * 60 * 60),
+        }
     }
 }
 
@@ -455,6 +495,14 @@ impl Cli {
                 max_connections: self.max_connections,
                 max_concurrent_requests: self.max_concurrent_requests,
             },
+            secrets: SecretSettings {
+                key: match (&self.secret_key, &self.secret_key_file) {
+                    (Some(text), _) => Some(KeySource::Base64(text.clone())),
+                    (None, Some(path)) => Some(KeySource::File(path.clone())),
+                    (None, None) => None,
+                },
+                rotation_overlap: self.secret_rotation_overlap,
+            },
         }
     }
 }
@@ -494,6 +542,27 @@ mod tests {
         assert!(Cli::try_parse_from(["wasmhook", "token", "create", "--admin"]).is_ok());
         let tenant = uuid::Uuid::new_v4().to_string();
         assert!(Cli::try_parse_from(["wasmhook", "token", "create", "--tenant", &tenant]).is_ok());
+    }
+
+    #[test]
+    fn the_secret_key_comes_from_a_flag_or_a_file_and_is_never_shown() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        let secrets = cli.settings("b".into()).secrets;
+        assert!(secrets.key.is_none());
+        assert_eq!(secrets.rotation_overlap, Duration::from_secs(86_400));
+        let cli = Cli::try_parse_from(["wasmhook", "--secret-key", "c2VjcmV0LWtleQ=="]).unwrap();
+        let settings = cli.settings("b".into());
+        assert!(matches!(settings.secrets.key, Some(KeySource::Base64(_))));
+        assert!(!format!("{cli:?} {settings:?}").contains("c2VjcmV0LWtleQ"));
+        let cli = Cli::try_parse_from(["wasmhook", "--secret-key-file", "/k"]).unwrap();
+        assert!(matches!(
+            cli.settings("b".into()).secrets.key,
+            Some(KeySource::File(_))
+        ));
+        assert!(
+            Cli::try_parse_from(["wasmhook", "--secret-key", "x", "--secret-key-file", "/k"])
+                .is_err()
+        );
     }
 
     #[test]
@@ -554,6 +623,9 @@ mod tests {
             error.contains("\"nope\" is not a CIDR or an IP address"),
             "{error}"
         );
+    }
+
+    #[test]
     fn server_limits_default_to_10s_60s_60s_1024_and_256() {
         let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
         assert_eq!(cli.settings("b".into()).server, ServerSettings::default());

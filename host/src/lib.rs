@@ -18,6 +18,7 @@
 //! - [`signing`]: Standard Webhooks secrets and signatures.
 //! - [`egress`]: the SSRF guard — which addresses webhooks may go to, checked
 //!   on every connection after DNS resolution and at registration for IP literals.
+//! - [`secrets`]: the key that seals secrets at rest, and the sealed form of a value.
 //! - [`broker`]: the embedded in-memory Kafka broker used when none is configured.
 //!
 //! Data paths, delivery semantics and where each decision lives:
@@ -32,6 +33,7 @@ pub mod egress;
 pub mod logging;
 pub mod plugin;
 pub mod registry;
+pub mod secrets;
 pub mod signing;
 pub mod startup;
 

@@ -58,6 +58,9 @@ async fn serve() -> anyhow::Result<()> {
             token.reveal()
         );
     }
+    if let Some(line) = app.key_origin().banner() {
+        println!("{line}");
+    }
     if embedded.is_some() {
         println!(
             "Embedded Kafka broker (IN-MEMORY, for trying things out; nothing survives a restart): {brokers}"

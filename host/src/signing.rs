@@ -2,7 +2,9 @@
 //!
 //! The signature is HMAC-SHA256 over `{id}.{timestamp}.{body}` with the secret's
 //! key bytes, sent as `v1,<base64>` (<https://www.standardwebhooks.com/>), so any
-//! Standard Webhooks verifier checks it.
+//! Standard Webhooks verifier checks it. While a rotated-out secret is still
+//! in its overlap window, both signatures are sent, space-separated, as the
+//! specification allows, so receivers can switch secrets without a gap.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -59,6 +61,31 @@ impl SigningSecret {
     }
 }
 
+/// The secret a rotation replaced, still signing until `expires_at`.
+#[derive(Debug, Clone)]
+pub struct PreviousSecret {
+    pub secret: SigningSecret,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The `webhook-signature` value: the current secret's signature, then the
+/// previous secret's while `now` is before its expiry.
+pub fn signature_header(
+    current: &SigningSecret,
+    previous: Option<&PreviousSecret>,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let mut header = current.sign(id, timestamp, body);
+    if let Some(previous) = previous.filter(|p| now < p.expires_at) {
+        header.push(' ');
+        header.push_str(&previous.secret.sign(id, timestamp, body));
+    }
+    header
+}
+
 impl std::fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SigningSecret(********)")
@@ -81,9 +108,34 @@ mod tests {
     }
 
     #[test]
+    fn a_previous_secret_signs_too_until_it_expires() {
+        let (current, old) = (SigningSecret::generate(), SigningSecret::generate());
+        let now = chrono::Utc::now();
+        let previous = PreviousSecret {
+            secret: old.clone(),
+            expires_at: now + chrono::Duration::seconds(1),
+        };
+        let both = signature_header(&current, Some(&previous), "m", 1, b"{}", now);
+        assert_eq!(
+            both,
+            format!(
+                "{} {}",
+                current.sign("m", 1, b"{}"),
+                old.sign("m", 1, b"{}")
+            )
+        );
+        let later = now + chrono::Duration::seconds(1);
+        let one = signature_header(&current, Some(&previous), "m", 1, b"{}", later);
+        assert_eq!(one, current.sign("m", 1, b"{}"));
+        assert_eq!(signature_header(&current, None, "m", 1, b"{}", now), one);
+        assert!(!format!("{previous:?}").contains(old.as_str()));
+    }
+
+    #[test]
     fn generated_secrets_parse_back() {
         let s = SigningSecret::generate();
         assert_eq!(SigningSecret::parse(s.as_str()).unwrap().key, s.key);
         assert!(SigningSecret::parse("nope").is_err());
+        assert_eq!(format!("{s:?}"), "SigningSecret(********)");
     }
 }

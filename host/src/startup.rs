@@ -1,7 +1,8 @@
 //! Building and running the application: registry, REST server and delivery.
 //!
-//! `Application::build` does everything that can fail at start-up (open and
-//! migrate the registry, bind the listener) so that `main` and the tests see
+//! `Application::build` does everything that can fail at start-up (find the
+//! secret key, open and migrate the registry and check the key opens it, bind
+//! the listener) so that `main` and the tests see
 //! those errors before anything runs; `run_until_stopped` serves until the
 //! given shutdown future completes, then stops delivery within its grace period.
 
@@ -20,17 +21,21 @@ use crate::delivery::Supervisor;
 use crate::domain::AccessToken;
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
+use crate::secrets::{KeyOrigin, resolve_key};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     settings: Settings,
     generated_admin_token: Option<AccessToken>,
+    key_origin: KeyOrigin,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let registry = Registry::open(&settings.database_url)
+        let (key, key_origin) = resolve_key(settings.secrets.key.as_ref(), &settings.database_url)
+            .context("finding the secret key")?;
+        let registry = Registry::open_with(&settings.database_url, key)
             .await
             .with_context(|| {
                 format!(
@@ -56,10 +61,17 @@ impl Application {
                 engine,
                 max_plugin_bytes: settings.delivery.plugins.max_component_bytes,
                 destinations: settings.delivery.destinations.clone(),
+                secret_rotation_overlap: settings.secrets.rotation_overlap,
             },
             settings,
             generated_admin_token,
+            key_origin,
         })
+    }
+
+    /// Where the secret key came from, for the start-up banner.
+    pub fn key_origin(&self) -> &KeyOrigin {
+        &self.key_origin
     }
 
     /// The admin token this start generated (none was configured and none

@@ -2,7 +2,8 @@
 //! tenants and tokens.
 //!
 //! Routes: `/1/Subscription` (create, list), `/1/Subscription/{id}` (get, replace,
-//! delete), `/1/Subscription/{id}/Status`, `/1/EventNotificationAdmin` (get, set),
+//! delete), `/1/Subscription/{id}/Status`, `/1/Subscription/{id}/Secret/Rotate`,
+//! `/1/EventNotificationAdmin` (get, set),
 //! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete),
 //! `/1/Tenant` (create, list), `/1/Tenant/{id}` (get, replace, delete),
 //! `/1/Tenant/{id}/Token` (mint), `/1/Token` (mint own, list),
@@ -47,6 +48,8 @@ pub struct AppState {
     pub max_plugin_bytes: usize,
     /// Where webhooks may go: registration refuses IP literals outside it.
     pub destinations: crate::egress::DestinationPolicy,
+    /// How long a rotated-out signing secret keeps signing.
+    pub secret_rotation_overlap: std::time::Duration,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
@@ -74,6 +77,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                 .delete(subscriptions::delete),
         )
         .route("/1/Subscription/{id}/Status", get(subscriptions::status))
+        .route(
+            "/1/Subscription/{id}/Secret/Rotate",
+            post(subscriptions::rotate_secret),
+        )
         .route(
             "/1/EventNotificationAdmin",
             get(admin::get).post(admin::set),

@@ -1,4 +1,5 @@
-//! `/1/Subscription` handlers: create, list, get, replace, delete and status.
+//! `/1/Subscription` handlers: create, list, get, replace, delete, status and
+//! signing-secret rotation.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -51,7 +52,7 @@ pub(super) async fn create(
     let secret = SigningSecret::generate();
     let stored = state
         .registry
-        .create_subscription(tenant, &spec, secret.as_str())
+        .create_subscription(tenant, &spec, &secret)
         .await?;
     if spec.active.is_active() {
         state
@@ -109,16 +110,19 @@ async fn check_plugins(
                     "{field}: plugin {plugin} could not be compiled now: the compiler is busy; try again"
                 )));
             }
+            // A plugin may quote its configuration back: secret values are masked.
             Err(AttachmentError::Plugin {
                 source: PluginError::Config(reason),
                 ..
             }) => FieldError {
                 field: format!("{field}.config"),
-                message: format!("plugin {attachment} rejected its configuration: {reason}"),
+                message: attachment.scrub(&format!(
+                    "plugin {attachment} rejected its configuration: {reason}"
+                )),
             },
             Err(other) => FieldError {
                 field,
-                message: other.to_string(),
+                message: attachment.scrub(&other.to_string()),
             },
         };
         errors.push(error);
@@ -224,6 +228,34 @@ pub(super) async fn delete(
     state.changes.notify_one();
     tracing::info!(subscription = %id, "Subscription deleted.");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /1/Subscription/{id}/Secret/Rotate`: a new signing secret, shown this
+/// once; the replaced one goes on signing beside it for the overlap window,
+/// so receivers can switch without rejecting a delivery.
+pub(super) async fn rotate_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let current = load(&state, &principal, &id).await?;
+    let secret = SigningSecret::generate();
+    let overlap =
+        chrono::Duration::from_std(state.secret_rotation_overlap).unwrap_or(chrono::Duration::MAX);
+    let expires_at = chrono::Utc::now()
+        .checked_add_signed(overlap)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    let stored = state
+        .registry
+        .rotate_signing_secret(&current, &secret, expires_at)
+        .await?;
+    // The revision moved: the pipeline restarts signing with both secrets.
+    state.changes.notify_one();
+    tracing::info!(subscription = %stored.id, revision = stored.revision, "Signing secret rotated.");
+    Ok(Json(json!({
+        "signing_secret": secret.as_str(),
+        "previous_secret_expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })))
 }
 
 /// The status the API shows: inactive when switched off (by the subscription

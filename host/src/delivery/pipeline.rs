@@ -42,7 +42,6 @@ use crate::config::DeliverySettings;
 use crate::domain::SubscriptionSpec;
 use crate::plugin::PluginEngine;
 use crate::registry::{Activity, Counts, DeadLetter, Health, Registry, StoredSubscription};
-use crate::signing::SigningSecret;
 
 /// What every pipeline shares: the registry, the HTTP sender, the dead-letter
 /// producer, the alerter and the settings.
@@ -62,8 +61,6 @@ pub enum PipelineError {
     Consumer(#[source] KafkaError),
     #[error("could not subscribe to the topics: {0}")]
     Subscribe(#[source] KafkaError),
-    #[error("the stored signing secret is unusable: {0}")]
-    Secret(String),
     /// Its tenant (and so its mandatory policy) could not be read: nothing
     /// is delivered without it.
     #[error("could not read the subscription's tenant: {0}")]
@@ -131,7 +128,6 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(stored: &StoredSubscription, shared: Arc<Shared>) -> Result<Self, PipelineError> {
         let spec = stored.spec.clone();
-        let secret = SigningSecret::parse(&stored.signing_secret).map_err(PipelineError::Secret)?;
         let limiter = spec.configuration.rate_limit.map(|limit| {
             let per_second = NonZeroU32::new(limit.max_requests_per_second.per_second())
                 .expect("a parsed rate limit is at least 1");
@@ -143,7 +139,8 @@ impl Pipeline {
             target: Target {
                 url: spec.destination.webhook.url.url().clone(),
                 headers: spec.destination.webhook.headers.clone(),
-                secret,
+                secret: stored.signing_secret.clone(),
+                previous_secret: stored.previous_secret.clone(),
             },
             health: stored.health,
             reason: stored.status_reason.clone(),

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::domain::HeaderLine;
 use crate::egress::{DestinationPolicy, GuardedResolver, RefusedResolution};
 use crate::registry::ApiCall;
-use crate::signing::SigningSecret;
+use crate::signing::{PreviousSecret, SigningSecret, signature_header};
 
 use super::retry::parse_retry_after;
 
@@ -28,6 +28,8 @@ pub struct Target {
     pub url: reqwest::Url,
     pub headers: Vec<HeaderLine>,
     pub secret: SigningSecret,
+    /// The secret a rotation replaced, signing too during its overlap window.
+    pub previous_secret: Option<PreviousSecret>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,8 +87,16 @@ impl Sender {
         content_type: &str,
         body: bytes::Bytes,
     ) -> Attempt {
-        let timestamp = chrono::Utc::now().timestamp();
-        let signature = target.secret.sign(delivery_id, timestamp, &body);
+        let now = chrono::Utc::now();
+        let timestamp = now.timestamp();
+        let signature = signature_header(
+            &target.secret,
+            target.previous_secret.as_ref(),
+            delivery_id,
+            timestamp,
+            &body,
+            now,
+        );
         let mut headers = HeaderMap::new();
         for line in &target.headers {
             headers.append(line.name().clone(), line.value().clone());

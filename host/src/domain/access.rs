@@ -256,8 +256,21 @@ impl TenantSpec {
                 }
             }
         }
-        let mandatory_policy =
-            parse_attachment("mandatory_policy", request.mandatory_policy, &mut errors);
+        let mandatory_policy = parse_attachment(
+            "mandatory_policy",
+            request.mandatory_policy,
+            None,
+            &mut errors,
+        );
+        // Tenants are stored unsealed: a secret here would sit in plain text.
+        if let Some(Some(policy)) = &mandatory_policy
+            && !policy.secret_config.is_empty()
+        {
+            errors.push(
+                "mandatory_policy.secret_config",
+                "is not supported for a mandatory policy; put the values in config",
+            );
+        }
         match (name, mandatory_policy) {
             (Some(name), Some(mandatory_policy)) if errors.is_empty() => Ok(Self {
                 name,

@@ -18,9 +18,10 @@ pub use fields::{
     MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
 };
 pub use plugin::{
-    PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, UnknownRole,
+    PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, SecretConfig,
+    UnknownRole,
 };
 pub use subscription::{
     Alerting, Batching, FieldError, RetryPolicy, SourceSpec, SubscriptionRequest, SubscriptionSpec,
-    ValidationErrors, WebhookDestination,
+    ValidationErrors, WebhookDestination, map_stored_secrets,
 };

@@ -5,7 +5,9 @@
 //! starts here (then `wit/`, and the role's home in `plugin/roles/`).
 //!
 //! An attachment names an uploaded plugin by name and version and gives it a
-//! configuration (string keys and values, passed to the plugin's `init`).
+//! configuration (string keys and values, passed to the plugin's `init`);
+//! values under `secret_config` reach `init` alike but are sealed at rest and
+//! only ever shown masked.
 //! Whether the named plugin exists and has the right role is the API's check
 //! (it needs the registry); this module only parses.
 
@@ -218,6 +220,83 @@ impl PluginConfig {
     pub fn pairs(&self) -> &[(String, String)] {
         &self.0
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Configuration values that are secrets (tokens, passwords): passed to
+/// `init` like the others, sealed by the registry, masked in responses and in
+/// `Debug`. Its serialised form (for the registry, which seals it) is in full.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretConfig(pub PluginConfig);
+
+impl SecretConfig {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Makes the secret part of an attachment from what was sent: a key may
+    /// not also be in `plain`, and a masked value stands for the one stored in
+    /// `previous` (the same plugin's, where it was attached before). `Err`
+    /// holds `(key, message)` pairs.
+    pub fn resolve(
+        sent: PluginConfig,
+        plain: &PluginConfig,
+        previous: Option<&SecretConfig>,
+    ) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut pairs = Vec::with_capacity(sent.0.len());
+        for (key, value) in sent.0 {
+            if plain.get(&key).is_some() {
+                errors.push((
+                    key,
+                    "is also a key of config; a key is either plain or secret".to_string(),
+                ));
+                continue;
+            }
+            if value != super::fields::MASK {
+                pairs.push((key, value));
+                continue;
+            }
+            match previous.and_then(|p| p.0.get(&key)) {
+                Some(stored) => {
+                    let stored = stored.to_string();
+                    pairs.push((key, stored));
+                }
+                None => errors.push((
+                    key,
+                    format!(
+                        "{} stands for a stored value, but this plugin has none stored here \
+                         under that key; send the value",
+                        super::fields::MASK
+                    ),
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self(PluginConfig(pairs)))
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl fmt::Debug for SecretConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.pairs().iter().map(|(k, _)| (k, super::fields::MASK)))
+            .finish()
+    }
 }
 
 impl Serialize for PluginConfig {
@@ -248,6 +327,36 @@ pub struct PluginAttachment {
     pub version: PluginVersion,
     #[serde(default)]
     pub config: PluginConfig,
+    #[serde(default, skip_serializing_if = "SecretConfig::is_empty")]
+    pub secret_config: SecretConfig,
+}
+
+impl PluginAttachment {
+    /// What the plugin's `init` receives: `config`, then `secret_config`
+    /// (parsing keeps their keys apart).
+    pub fn init_config(&self) -> Vec<(String, String)> {
+        let mut pairs = self.config.pairs().to_vec();
+        pairs.extend(self.secret_config.0.pairs().iter().cloned());
+        pairs
+    }
+
+    /// `text` with every secret config value replaced by the mask: a plugin
+    /// may quote its configuration back in an error.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut values: Vec<&str> = self
+            .secret_config
+            .0
+            .pairs()
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+            .collect();
+        // Longest first, so a secret containing another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.into_iter().fold(text.to_string(), |text, v| {
+            text.replace(v, super::fields::MASK)
+        })
+    }
 }
 
 impl fmt::Display for PluginAttachment {
@@ -323,5 +432,69 @@ mod tests {
         let errors = PluginConfig::parse(bad.as_object().unwrap().clone()).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, "n");
+    }
+
+    #[test]
+    fn a_masked_secret_value_keeps_the_stored_one_and_keys_stay_apart() {
+        let config =
+            |v: serde_json::Value| PluginConfig::parse(v.as_object().unwrap().clone()).unwrap();
+        let stored = SecretConfig(config(serde_json::json!({"token": "t"})));
+        let plain = config(serde_json::json!({"field": "/a"}));
+        let kept = SecretConfig::resolve(
+            config(serde_json::json!({"token": "********", "other": "o"})),
+            &plain,
+            Some(&stored),
+        )
+        .unwrap();
+        assert_eq!(
+            kept.0.pairs(),
+            [
+                ("token".to_string(), "t".to_string()),
+                ("other".into(), "o".into())
+            ]
+        );
+        let errors = SecretConfig::resolve(
+            config(serde_json::json!({"token": "********", "field": "x"})),
+            &plain,
+            None,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["token", "field"]);
+    }
+
+    #[test]
+    fn secret_config_reaches_init_but_not_debug_or_errors() {
+        let object = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let attachment = PluginAttachment {
+            name: PluginName::parse("p".into()).unwrap(),
+            version: PluginVersion::parse("1.0.0".into()).unwrap(),
+            config: PluginConfig::parse(object(serde_json::json!({"field": "/a"}))).unwrap(),
+            secret_config: SecretConfig(
+                PluginConfig::parse(object(serde_json::json!({"token": "t0ken-value"}))).unwrap(),
+            ),
+        };
+        assert_eq!(
+            attachment.init_config(),
+            [
+                ("field".to_string(), "/a".to_string()),
+                ("token".into(), "t0ken-value".into())
+            ]
+        );
+        let debug = format!("{attachment:?}");
+        assert!(
+            !debug.contains("t0ken-value") && debug.contains("token"),
+            "{debug}"
+        );
+        assert_eq!(
+            attachment.scrub("bad token t0ken-value!"),
+            "bad token ********!"
+        );
+        let stored = serde_json::to_value(&attachment).unwrap();
+        assert_eq!(stored["secret_config"]["token"], "t0ken-value");
+        assert_eq!(
+            serde_json::from_value::<PluginAttachment>(stored).unwrap(),
+            attachment
+        );
     }
 }

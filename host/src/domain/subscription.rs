@@ -3,13 +3,15 @@
 //! [`SubscriptionRequest`] is the wire shape of the REST API, lenient so that every
 //! violation can be reported at once; [`SubscriptionSpec::parse`] turns it into a
 //! spec that can only hold valid values. The spec serialises to the same shape
-//! (with secrets in full: that form is for the registry, not for responses; see
-//! [`SubscriptionSpec::to_public_json`]).
+//! (with secrets in full: that form is for the registry, which seals them with
+//! [`map_stored_secrets`], not for responses; see [`SubscriptionSpec::to_public_json`]).
 
 use serde::{Deserialize, Serialize};
 
 use super::fields::*;
-use super::plugin::{PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion};
+use super::plugin::{
+    PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, SecretConfig,
+};
 
 /// One violated rule, with the JSON path of the field that broke it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -121,13 +123,28 @@ pub struct SourceRequest {
     pub policy_plugin: Option<PluginAttachmentRequest>,
 }
 
-/// `{"name", "version", "config": {"key": "value"}}` naming an uploaded plugin.
-#[derive(Debug, Default, Deserialize)]
+/// `{"name", "version", "config": {"key": "value"}, "secret_config": {…}}`
+/// naming an uploaded plugin.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginAttachmentRequest {
     pub name: Option<String>,
     pub version: Option<String>,
     pub config: Option<serde_json::Map<String, serde_json::Value>>,
+    pub secret_config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl std::fmt::Debug for PluginAttachmentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret_keys: Option<Vec<&String>> =
+            self.secret_config.as_ref().map(|c| c.keys().collect());
+        f.debug_struct("PluginAttachmentRequest")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("config", &self.config)
+            .field("secret_config (keys)", &secret_keys)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,7 +273,9 @@ impl SubscriptionSpec {
     /// Parses a request, collecting every violation.
     ///
     /// `previous` is the stored spec on update: a header sent back in its masked
-    /// form keeps the stored value, so clients can PUT what they GET.
+    /// form keeps the stored value while the URL's origin is unchanged, and a
+    /// masked secret config value keeps the stored one of the same plugin
+    /// attached at the same place, so clients can PUT what they GET.
     pub fn parse(
         request: SubscriptionRequest,
         previous: Option<&SubscriptionSpec>,
@@ -277,8 +296,8 @@ impl SubscriptionSpec {
             Some(a) => errors.check("active", Some(a), |a| a.parse::<Active>()),
         };
         let destination = parse_destination(request.destination, previous, &mut errors);
-        let source = parse_sources(request.source, &mut errors);
-        let configuration = parse_configuration(request.configuration, &mut errors);
+        let source = parse_sources(request.source, previous, &mut errors);
+        let configuration = parse_configuration(request.configuration, previous, &mut errors);
 
         match (name, active, destination, source, configuration) {
             (Some(name), Some(active), Some(destination), Some(source), Some(configuration))
@@ -330,19 +349,76 @@ impl SubscriptionSpec {
             .any(|(_, _, a)| a.name.as_str() == name && a.version.as_str() == version)
     }
 
-    /// The spec as responses show it: header values masked.
+    /// The spec as responses show it: header values and secret config values masked.
     pub fn to_public_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("a spec always serialises");
-        let masked: Vec<String> = self
-            .destination
-            .webhook
-            .headers
-            .iter()
-            .map(HeaderLine::masked)
-            .collect();
-        value["destination"]["webhook"]["headers"] = serde_json::json!(masked);
+        map_stored_secrets(&mut value, |_, _| {
+            Ok::<_, std::convert::Infallible>(MASK.into())
+        })
+        .unwrap_or_else(|never| match never {});
         value
     }
+}
+
+/// Replaces every secret value in a spec's stored JSON form (header values,
+/// `secret_config` values) with what `f` makes of it, given the place the value
+/// belongs to (`destination.webhook.headers.authorization`,
+/// `source[0].filter_plugin.secret_config.token`, …) and the value. The
+/// registry seals and opens with it; responses mask with it. A header line
+/// without a colon is left for deserialising to report.
+pub fn map_stored_secrets<E>(
+    stored: &mut serde_json::Value,
+    mut f: impl FnMut(&str, &str) -> Result<String, E>,
+) -> Result<(), E> {
+    if let Some(headers) = stored
+        .pointer_mut("/destination/webhook/headers")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for line in headers {
+            let Some((name, value)) = line.as_str().and_then(|l| l.split_once(':')) else {
+                continue;
+            };
+            let name = name.trim().to_ascii_lowercase();
+            let mapped = f(&format!("destination.webhook.headers.{name}"), value.trim())?;
+            *line = serde_json::Value::String(format!("{name}: {mapped}"));
+        }
+    }
+    // Taken from one pass over the object, so the borrows stay apart.
+    let mut attachments: Vec<(String, &mut serde_json::Value)> = Vec::new();
+    for (key, value) in stored.as_object_mut().into_iter().flatten() {
+        match (key.as_str(), value) {
+            ("source", serde_json::Value::Array(sources)) => {
+                for (i, source) in sources.iter_mut().enumerate() {
+                    for (role, attachment) in source.as_object_mut().into_iter().flatten() {
+                        if role == "filter_plugin" || role == "policy_plugin" {
+                            attachments.push((format!("source[{i}].{role}"), attachment));
+                        }
+                    }
+                }
+            }
+            ("configuration", configuration) => {
+                if let Some(attachment) = configuration.get_mut("serialiser_plugin") {
+                    attachments.push(("configuration.serialiser_plugin".into(), attachment));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (path, attachment) in attachments {
+        let Some(secrets) = attachment
+            .get_mut("secret_config")
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            continue;
+        };
+        for (key, value) in secrets.iter_mut() {
+            if let Some(text) = value.as_str() {
+                let mapped = f(&format!("{path}.secret_config.{key}"), text)?;
+                *value = serde_json::Value::String(mapped);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_destination(
@@ -365,6 +441,14 @@ fn parse_destination(
     let url = errors.check("destination.webhook.url", webhook.url, |u| {
         WebhookUrl::parse(&u)
     });
+    // A masked header stands for the stored value only towards the same origin:
+    // the secret must not follow the URL to another host.
+    let same_origin = match (&url, previous) {
+        (Some(url), Some(previous)) => {
+            url.url().origin() == previous.destination.webhook.url.url().origin()
+        }
+        _ => false,
+    };
     let previous_headers = previous.map(|p| p.destination.webhook.headers.as_slice());
     let mut lines = webhook.headers.unwrap_or_default();
     let within_cap = lines.len() <= MAX_HEADERS;
@@ -383,6 +467,21 @@ fn parse_destination(
         };
         if !header.is_mask() {
             headers.push(header);
+            continue;
+        }
+        if url.is_none() {
+            // The URL's own error is reported; origins cannot be compared.
+            continue;
+        }
+        if previous.is_some() && !same_origin {
+            errors.push(
+                field,
+                format!(
+                    "{MASK} stands for the stored value of {}, which is kept only while the \
+                     URL's scheme, host and port stay the same; with a new origin, send the value again",
+                    header.name()
+                ),
+            );
             continue;
         }
         match previous_headers
@@ -409,6 +508,7 @@ fn parse_destination(
 
 fn parse_sources(
     request: Option<Vec<SourceRequest>>,
+    previous: Option<&SubscriptionSpec>,
     errors: &mut ValidationErrors,
 ) -> Option<Vec<SourceSpec>> {
     let Some(request) = request else {
@@ -464,14 +564,18 @@ fn parse_sources(
             complete = false;
             continue;
         }
+        // "The same place" for a source's plugins is the source of the same topic.
+        let before = previous.and_then(|p| p.source.iter().find(|s| s.topic == topic));
         let filter_plugin = parse_attachment(
             &format!("source[{i}].filter_plugin"),
             source.filter_plugin,
+            before.and_then(|s| s.filter_plugin.as_ref()),
             errors,
         );
         let policy_plugin = parse_attachment(
             &format!("source[{i}].policy_plugin"),
             source.policy_plugin,
+            before.and_then(|s| s.policy_plugin.as_ref()),
             errors,
         );
         let (Some(filter_plugin), Some(policy_plugin)) = (filter_plugin, policy_plugin) else {
@@ -490,6 +594,7 @@ fn parse_sources(
 
 fn parse_configuration(
     request: Option<ConfigurationRequest>,
+    previous: Option<&SubscriptionSpec>,
     errors: &mut ValidationErrors,
 ) -> Option<Configuration> {
     let request = request.unwrap_or_default();
@@ -552,6 +657,7 @@ fn parse_configuration(
     let serialiser_plugin = parse_attachment(
         "configuration.serialiser_plugin",
         request.serialiser_plugin,
+        previous.and_then(|p| p.configuration.serialiser_plugin.as_ref()),
         errors,
     );
 
@@ -571,9 +677,12 @@ fn parse_configuration(
 }
 
 /// Parses an optional attachment: `Some(None)` when absent, `None` when invalid.
+/// `previous` is what was attached at the same place before, whose secret
+/// config values masked ones stand for (if it is the same plugin).
 pub(crate) fn parse_attachment(
     field: &str,
     request: Option<PluginAttachmentRequest>,
+    previous: Option<&PluginAttachment>,
     errors: &mut ValidationErrors,
 ) -> Option<Option<PluginAttachment>> {
     let Some(request) = request else {
@@ -599,10 +708,32 @@ pub(crate) fn parse_attachment(
             None
         }
     };
+    let previous = previous
+        .filter(|p| Some(&p.name) == name.as_ref())
+        .map(|p| &p.secret_config);
+    let sent = PluginConfig::parse(request.secret_config.unwrap_or_default());
+    let secret_config = match (sent, &config) {
+        (Ok(sent), Some(plain)) => SecretConfig::resolve(sent, plain, previous),
+        (Ok(_), None) => Err(Vec::new()),
+        (Err(problems), _) => Err(problems),
+    };
+    let secret_config = secret_config
+        .map_err(|problems| {
+            for (key, message) in problems {
+                let path = if key.is_empty() {
+                    format!("{field}.secret_config")
+                } else {
+                    format!("{field}.secret_config.{key}")
+                };
+                errors.push(path, message);
+            }
+        })
+        .ok();
     Some(Some(PluginAttachment {
         name: name?,
         version: version?,
         config: config?,
+        secret_config: secret_config?,
     }))
 }
 
@@ -705,6 +836,111 @@ mod tests {
             stored.destination.webhook.headers
         );
         assert!(SubscriptionSpec::parse(request(body), None).is_err());
+    }
+
+    #[test]
+    fn a_masked_header_follows_the_url_only_within_its_origin() {
+        let stored = SubscriptionSpec::parse(request(valid()), None).unwrap();
+        let mut body = valid();
+        body["destination"]["webhook"]["headers"] = serde_json::json!(["Authorization: ********"]);
+        body["destination"]["webhook"]["url"] = "http://127.0.0.1:9/other/path?q=1".into();
+        let kept = SubscriptionSpec::parse(request(body.clone()), Some(&stored)).unwrap();
+        assert_eq!(
+            kept.destination.webhook.headers,
+            stored.destination.webhook.headers
+        );
+        for other in [
+            "https://127.0.0.1:9/hook",
+            "http://127.0.0.1:10/hook",
+            "http://localhost:9/hook",
+        ] {
+            body["destination"]["webhook"]["url"] = other.into();
+            let errors = SubscriptionSpec::parse(request(body.clone()), Some(&stored)).unwrap_err();
+            assert_eq!(errors.0.len(), 1, "{other}: {errors}");
+            assert_eq!(errors.0[0].field, "destination.webhook.headers[0]");
+            assert!(errors.0[0].message.contains("send the value again"));
+        }
+        // A new value is fine with any origin.
+        body["destination"]["webhook"]["headers"] = serde_json::json!(["Authorization: Bearer n"]);
+        assert!(SubscriptionSpec::parse(request(body), Some(&stored)).is_ok());
+    }
+
+    #[test]
+    fn stored_secrets_are_every_header_value_and_secret_config_value() {
+        let mut body = valid();
+        body["destination"]["webhook"]["headers"] =
+            serde_json::json!(["Authorization: Bearer t", "X-Key: a:b"]);
+        body["source"][0]["filter_plugin"] = serde_json::json!({"name": "f", "version": "1.0.0",
+            "config": {"plain": "p"}, "secret_config": {"token": "s1"}});
+        body["configuration"]["serialiser_plugin"] =
+            serde_json::json!({"name": "c", "version": "1.0.0", "secret_config": {"k": "s2"}});
+        let spec = SubscriptionSpec::parse(request(body), None).unwrap();
+        let mut stored = serde_json::to_value(&spec).unwrap();
+        let mut seen = Vec::new();
+        map_stored_secrets(&mut stored, |field, value| {
+            seen.push((field.to_string(), value.to_string()));
+            Ok::<_, ()>(format!("<{value}>"))
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "destination.webhook.headers.authorization".to_string(),
+                    "Bearer t".to_string()
+                ),
+                ("destination.webhook.headers.x-key".into(), "a:b".into()),
+                (
+                    "source[0].filter_plugin.secret_config.token".into(),
+                    "s1".into()
+                ),
+                (
+                    "configuration.serialiser_plugin.secret_config.k".into(),
+                    "s2".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            stored["destination"]["webhook"]["headers"][1],
+            "x-key: <a:b>"
+        );
+        assert_eq!(stored["source"][0]["filter_plugin"]["config"]["plain"], "p");
+        let public = spec.to_public_json();
+        assert_eq!(
+            public["source"][0]["filter_plugin"]["secret_config"]["token"],
+            MASK
+        );
+        assert_eq!(public["source"][0]["filter_plugin"]["config"]["plain"], "p");
+        assert!(!public.to_string().contains("s2"));
+    }
+
+    #[test]
+    fn secret_config_masks_stand_for_the_same_plugin_at_the_same_place() {
+        let mut body = valid();
+        body["source"][0]["filter_plugin"] = serde_json::json!({"name": "f", "version": "1.0.0",
+            "secret_config": {"token": "s1"}});
+        let stored = SubscriptionSpec::parse(request(body.clone()), None).unwrap();
+        body["source"][0]["filter_plugin"]["secret_config"]["token"] = MASK.into();
+        body["source"][0]["filter_plugin"]["version"] = "1.1.0".into();
+        let kept = SubscriptionSpec::parse(request(body.clone()), Some(&stored)).unwrap();
+        assert_eq!(kept.source[0].filter_plugin, {
+            let mut a = stored.source[0].filter_plugin.clone().unwrap();
+            a.version = PluginVersion::parse("1.1.0".into()).unwrap();
+            Some(a)
+        });
+        body["source"][0]["filter_plugin"]["name"] = "g".into();
+        let errors = SubscriptionSpec::parse(request(body.clone()), Some(&stored)).unwrap_err();
+        assert_eq!(
+            errors.0[0].field,
+            "source[0].filter_plugin.secret_config.token"
+        );
+        body["source"][0]["filter_plugin"] = serde_json::json!({"name": "f", "version": "1.0.0",
+            "config": {"token": "a"}, "secret_config": {"token": "b"}});
+        let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+        assert_eq!(
+            errors.0[0].field,
+            "source[0].filter_plugin.secret_config.token"
+        );
     }
 
     #[test]

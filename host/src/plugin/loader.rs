@@ -47,7 +47,7 @@ impl Loaded {
         PluginInstance::deferred(
             engine,
             &self.compiled,
-            attachment.config.pairs().to_vec(),
+            attachment.init_config(),
             self.limits,
         )
     }
@@ -115,7 +115,7 @@ pub async fn instantiate(
     PluginInstance::new(
         engine,
         &loaded.compiled,
-        attachment.config.pairs().to_vec(),
+        attachment.init_config(),
         loaded.limits,
     )
     .await

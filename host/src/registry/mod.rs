@@ -5,6 +5,11 @@
 //! SQL here is written once for both databases (`$n` placeholders, which SQLite
 //! also accepts); the two differ only in their migrations. Times are stored as
 //! milliseconds since the epoch. This module knows nothing of HTTP or Kafka.
+//!
+//! Secrets (signing secrets, header values, secret plugin config) are sealed
+//! with the platform's [`SecretKey`] as they are written and opened as they are
+//! read: the rest of the crate only ever sees them in plain text, the database
+//! never does.
 
 mod access;
 mod activity;
@@ -14,12 +19,15 @@ mod plugins;
 mod subscriptions;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
+use crate::secrets::{SealError, SecretKey};
 pub use access::{CONFIGURED_ADMIN_LABEL, StoredTenant, StoredToken};
+
 pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
 pub use admin::{AdminState, PlatformStatus};
 pub use page::{Cursor, Listing, Page};
@@ -45,6 +53,20 @@ pub enum RegistryError {
     Duplicate(String),
     #[error("the cursor does not belong to this list")]
     BadCursor,
+    /// A stored secret does not open: the registry was sealed with another key.
+    #[error(
+        "the stored {field} of subscription {subscription} does not open with this secret key \
+         ({source}); the registry was written with another key: start with that key \
+         (WASMHOOK_SECRET_KEY, --secret-key-file, or the key file beside the SQLite file)"
+    )]
+    Unsealable {
+        subscription: String,
+        field: String,
+        #[source]
+        source: SealError,
+    },
+    #[error("the registry was opened without a secret key, and {0} needs one")]
+    NoSecretKey(String),
 }
 
 /// Which database the registry runs on.
@@ -61,7 +83,10 @@ impl DatabaseKind {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres)
         } else {
-            Err(RegistryError::UnsupportedUrl(url.to_string()))
+            // Named in the message, so without its password.
+            Err(RegistryError::UnsupportedUrl(crate::config::redact_url(
+                url,
+            )))
         }
     }
 }
@@ -71,13 +96,28 @@ impl DatabaseKind {
 pub struct Registry {
     pool: AnyPool,
     kind: DatabaseKind,
+    /// Seals and opens stored secrets; `None` when opened with [`Registry::open`]
+    /// (migrations, tools), which then cannot read or write them.
+    key: Option<Arc<SecretKey>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 impl Registry {
-    /// Opens the database (creating a SQLite file if needed) and applies migrations.
+    /// Opens the registry with the key that seals its secrets: as
+    /// [`Registry::open`], then checks that the key opens every stored secret
+    /// (a wrong key fails here, not later with garbage) and seals those still
+    /// stored in plain text by an older version.
+    pub async fn open_with(url: &str, key: SecretKey) -> Result<Self, RegistryError> {
+        let mut registry = Self::open(url).await?;
+        registry.key = Some(Arc::new(key));
+        registry.seal_stored_secrets().await?;
+        Ok(registry)
+    }
+
+    /// Opens the database (creating a SQLite file if needed) and applies
+    /// migrations, without a secret key (see [`Registry::open_with`]).
     pub async fn open(url: &str) -> Result<Self, RegistryError> {
         install_default_drivers();
         let kind = DatabaseKind::of_url(url)?;
@@ -118,7 +158,11 @@ impl Registry {
             DatabaseKind::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             DatabaseKind::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        let registry = Self { pool, kind };
+        let registry = Self {
+            pool,
+            kind,
+            key: None,
+        };
         registry.ensure_admin_state().await?;
         Ok(registry)
     }

@@ -1,4 +1,8 @@
-//! Subscription rows: create, read, replace, delete, and their health.
+//! Subscription rows: create, read, replace, delete, rotate their signing
+//! secret, and their health.
+//!
+//! The signing secrets and the secret values inside `spec` are sealed in the
+//! row, each bound to its subscription and field; see [`Registry::open_with`].
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -6,7 +10,9 @@ use uuid::Uuid;
 
 use super::page::{Cursor, Listing, Page};
 use super::{Registry, RegistryError, from_millis, now_millis};
-use crate::domain::SubscriptionSpec;
+use crate::domain::{SubscriptionSpec, map_stored_secrets};
+use crate::secrets::{SealError, SecretKey, is_sealed};
+use crate::signing::{PreviousSecret, SigningSecret};
 
 /// Whether deliveries have been succeeding (set by the delivery engine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +37,11 @@ pub struct StoredSubscription {
     /// The tenant that owns it (`None`: the admin's).
     pub tenant_id: Option<Uuid>,
     pub spec: SubscriptionSpec,
-    /// Standard Webhooks secret (`whsec_…`); shown to the client only at creation.
-    pub signing_secret: String,
+    /// Standard Webhooks secret (`whsec_…`); shown to the client only at
+    /// creation and rotation.
+    pub signing_secret: SigningSecret,
+    /// The secret the latest rotation replaced, while it still signs.
+    pub previous_secret: Option<PreviousSecret>,
     pub health: Health,
     /// Why it is unhealthy: the failure that made it so, or the latest one.
     pub status_reason: Option<String>,
@@ -56,26 +65,120 @@ pub struct Counts {
 
 const COLUMNS: &str = "id, tenant_id, spec, signing_secret, health, status_reason, status_changed_at, created_at, \
      updated_at, revision, delivered_messages, filtered_messages, dead_lettered_messages, \
-     denied_messages";
+     denied_messages, previous_signing_secret, previous_secret_expires_at";
 
-fn decode(row: &AnyRow) -> Result<StoredSubscription, RegistryError> {
+const SIGNING_SECRET: &str = "signing_secret";
+const PREVIOUS_SIGNING_SECRET: &str = "previous_signing_secret";
+
+/// What a sealed value is bound to: the subscription and the field it is in.
+fn context(id: Uuid, field: &str) -> String {
+    format!("wasmhook:subscription:{id}:{field}")
+}
+
+/// Seals and opens one subscription's secrets, and notes whether any was
+/// still in plain text (written before secrets were sealed).
+struct Sealer<'a> {
+    key: Option<&'a SecretKey>,
+    id: Uuid,
+    found_plaintext: bool,
+}
+
+impl<'a> Sealer<'a> {
+    fn new(registry: &'a Registry, id: Uuid) -> Self {
+        Self {
+            key: registry.key.as_deref(),
+            id,
+            found_plaintext: false,
+        }
+    }
+
+    fn seal(&self, field: &str, plaintext: &str) -> Result<String, RegistryError> {
+        let key = self.key.ok_or_else(|| {
+            RegistryError::NoSecretKey(format!("writing subscription {}", self.id))
+        })?;
+        Ok(key.seal(plaintext, &context(self.id, field)))
+    }
+
+    fn open(&mut self, field: &str, stored: &str) -> Result<String, RegistryError> {
+        if !is_sealed(stored) {
+            self.found_plaintext = true;
+            return Ok(stored.to_string());
+        }
+        let key = self.key.ok_or_else(|| {
+            RegistryError::NoSecretKey(format!("reading subscription {}", self.id))
+        })?;
+        key.open(stored, &context(self.id, field))
+            .map_err(|source| self.unsealable(field, source))
+    }
+
+    fn unsealable(&self, field: &str, source: SealError) -> RegistryError {
+        RegistryError::Unsealable {
+            subscription: self.id.to_string(),
+            field: field.to_string(),
+            source,
+        }
+    }
+
+    /// The spec's storage form, its secret values sealed.
+    fn encode(&self, spec: &SubscriptionSpec) -> Result<String, RegistryError> {
+        let mut value = serde_json::to_value(spec).expect("a spec always serialises");
+        map_stored_secrets(&mut value, |field, plaintext| self.seal(field, plaintext))?;
+        Ok(value.to_string())
+    }
+
+    fn decode_spec(&mut self, stored: &str) -> Result<SubscriptionSpec, RegistryError> {
+        let id = self.id;
+        let corrupt =
+            |e: serde_json::Error| RegistryError::Corrupt(format!("subscription {id}: {e}"));
+        let mut value: serde_json::Value = serde_json::from_str(stored).map_err(corrupt)?;
+        map_stored_secrets(&mut value, |field, sealed| self.open(field, sealed))?;
+        serde_json::from_value(value).map_err(corrupt)
+    }
+
+    fn signing_secret(
+        &mut self,
+        field: &str,
+        stored: &str,
+    ) -> Result<SigningSecret, RegistryError> {
+        let text = self.open(field, stored)?;
+        SigningSecret::parse(&text)
+            .map_err(|e| RegistryError::Corrupt(format!("subscription {}: {field}: {e}", self.id)))
+    }
+}
+
+/// A row, and whether it still held a secret in plain text.
+fn decode(registry: &Registry, row: &AnyRow) -> Result<(StoredSubscription, bool), RegistryError> {
     let id: String = row.try_get("id")?;
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| RegistryError::Corrupt(format!("subscription id {id:?}")))?;
+    let mut sealer = Sealer::new(registry, id);
     let spec: String = row.try_get("spec")?;
+    let spec = sealer.decode_spec(&spec)?;
+    let secret: String = row.try_get(SIGNING_SECRET)?;
+    let signing_secret = sealer.signing_secret(SIGNING_SECRET, &secret)?;
+    let previous: Option<String> = row.try_get(PREVIOUS_SIGNING_SECRET)?;
+    let expires: Option<i64> = row.try_get("previous_secret_expires_at")?;
+    let previous_secret = match (previous, expires) {
+        (Some(previous), Some(expires)) => Some(PreviousSecret {
+            secret: sealer.signing_secret(PREVIOUS_SIGNING_SECRET, &previous)?,
+            expires_at: from_millis(expires),
+        }),
+        _ => None,
+    };
     let health: String = row.try_get("health")?;
     let tenant: Option<String> = row.try_get("tenant_id")?;
-    Ok(StoredSubscription {
+    let stored = StoredSubscription {
         tenant_id: tenant
             .map(|t| {
                 t.parse()
                     .map_err(|_| RegistryError::Corrupt(format!("subscription {id}: tenant {t:?}")))
             })
             .transpose()?,
-        id: id
-            .parse()
-            .map_err(|_| RegistryError::Corrupt(format!("subscription id {id:?}")))?,
-        spec: serde_json::from_str(&spec)
-            .map_err(|e| RegistryError::Corrupt(format!("subscription {id}: {e}")))?,
-        signing_secret: row.try_get("signing_secret")?,
+        id,
+        spec,
+        signing_secret,
+        previous_secret,
         health: match health.as_str() {
             "unhealthy" => Health::Unhealthy,
             _ => Health::Healthy,
@@ -91,11 +194,8 @@ fn decode(row: &AnyRow) -> Result<StoredSubscription, RegistryError> {
             dead_lettered: row.try_get("dead_lettered_messages")?,
             denied: row.try_get("denied_messages")?,
         },
-    })
-}
-
-fn encode(spec: &SubscriptionSpec) -> String {
-    serde_json::to_string(spec).expect("a spec always serialises")
+    };
+    Ok((stored, sealer.found_plaintext))
 }
 
 impl Registry {
@@ -103,10 +203,11 @@ impl Registry {
         &self,
         tenant: Option<Uuid>,
         spec: &SubscriptionSpec,
-        signing_secret: &str,
+        signing_secret: &SigningSecret,
     ) -> Result<StoredSubscription, RegistryError> {
         let id = Uuid::new_v4();
         let now = now_millis();
+        let sealer = Sealer::new(self, id);
         sqlx::query(
             "INSERT INTO subscriptions \
              (id, name, spec, signing_secret, health, status_changed_at, created_at, updated_at, revision, tenant_id) \
@@ -114,8 +215,8 @@ impl Registry {
         )
         .bind(id.to_string())
         .bind(spec.name.as_str())
-        .bind(encode(spec))
-        .bind(signing_secret)
+        .bind(sealer.encode(spec)?)
+        .bind(sealer.seal(SIGNING_SECRET, signing_secret.as_str())?)
         .bind(now)
         .bind(tenant.map(|t| t.to_string()))
         .execute(&self.pool)
@@ -124,7 +225,8 @@ impl Registry {
             id,
             tenant_id: tenant,
             spec: spec.clone(),
-            signing_secret: signing_secret.to_string(),
+            signing_secret: signing_secret.clone(),
+            previous_secret: None,
             health: super::Health::Healthy,
             status_reason: None,
             status_changed_at: from_millis(now),
@@ -141,7 +243,9 @@ impl Registry {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(decode).collect()
+        rows.iter()
+            .map(|row| decode(self, row).map(|(stored, _)| stored))
+            .collect()
     }
 
     /// A page of subscriptions in creation order: all of them (`tenant`
@@ -164,7 +268,10 @@ impl Registry {
         .bind(page.fetch_limit())
         .fetch_all(&self.pool)
         .await?;
-        let subscriptions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let subscriptions = rows
+            .iter()
+            .map(|row| decode(self, row).map(|(stored, _)| stored))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(page.listing(subscriptions, |s| {
             Cursor::time_id(s.created_at.timestamp_millis(), &s.id.to_string())
         }))
@@ -180,7 +287,9 @@ impl Registry {
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(decode).transpose()
+        row.as_ref()
+            .map(|row| decode(self, row).map(|(stored, _)| stored))
+            .transpose()
     }
 
     /// Replaces the spec of `current` if nobody changed it since it was read.
@@ -195,7 +304,7 @@ impl Registry {
              WHERE id = $4 AND revision = $5",
         )
         .bind(spec.name.as_str())
-        .bind(encode(spec))
+        .bind(Sealer::new(self, current.id).encode(spec)?)
         .bind(now)
         .bind(current.id.to_string())
         .bind(current.revision)
@@ -210,6 +319,88 @@ impl Registry {
             revision: current.revision + 1,
             ..current.clone()
         })
+    }
+
+    /// Replaces the signing secret of `current` (if nobody changed it since it
+    /// was read) with `new`; the replaced one keeps signing until
+    /// `previous_expires_at`. The revision moves, so the running pipeline
+    /// restarts with both.
+    pub async fn rotate_signing_secret(
+        &self,
+        current: &StoredSubscription,
+        new: &SigningSecret,
+        previous_expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<StoredSubscription, RegistryError> {
+        let sealer = Sealer::new(self, current.id);
+        let now = now_millis();
+        let done = sqlx::query(
+            "UPDATE subscriptions SET signing_secret = $1, previous_signing_secret = $2, \
+             previous_secret_expires_at = $3, updated_at = $4, revision = revision + 1 \
+             WHERE id = $5 AND revision = $6",
+        )
+        .bind(sealer.seal(SIGNING_SECRET, new.as_str())?)
+        .bind(sealer.seal(PREVIOUS_SIGNING_SECRET, current.signing_secret.as_str())?)
+        .bind(previous_expires_at.timestamp_millis())
+        .bind(now)
+        .bind(current.id.to_string())
+        .bind(current.revision)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::Conflict);
+        }
+        Ok(StoredSubscription {
+            signing_secret: new.clone(),
+            previous_secret: Some(PreviousSecret {
+                secret: current.signing_secret.clone(),
+                expires_at: from_millis(previous_expires_at.timestamp_millis()),
+            }),
+            updated_at: from_millis(now),
+            revision: current.revision + 1,
+            ..current.clone()
+        })
+    }
+
+    /// Opens every stored secret (so a wrong key fails at start-up) and seals
+    /// those an older version stored in plain text. Sealing changes no
+    /// content, so the revision stays and no pipeline restarts.
+    pub(super) async fn seal_stored_secrets(&self) -> Result<(), RegistryError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM subscriptions"))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut sealed = 0;
+        for row in &rows {
+            let (stored, found_plaintext) = decode(self, row)?;
+            if !found_plaintext {
+                continue;
+            }
+            let sealer = Sealer::new(self, stored.id);
+            let previous = stored
+                .previous_secret
+                .as_ref()
+                .map(|p| sealer.seal(PREVIOUS_SIGNING_SECRET, p.secret.as_str()))
+                .transpose()?;
+            // A concurrent change (another host) already wrote it sealed.
+            sqlx::query(
+                "UPDATE subscriptions SET spec = $1, signing_secret = $2, \
+                 previous_signing_secret = $3 WHERE id = $4 AND revision = $5",
+            )
+            .bind(sealer.encode(&stored.spec)?)
+            .bind(sealer.seal(SIGNING_SECRET, stored.signing_secret.as_str())?)
+            .bind(previous)
+            .bind(stored.id.to_string())
+            .bind(stored.revision)
+            .execute(&self.pool)
+            .await?;
+            sealed += 1;
+        }
+        if sealed > 0 {
+            tracing::info!(
+                subscriptions = sealed,
+                "Secrets stored in plain text are now sealed."
+            );
+        }
+        Ok(())
     }
 
     /// Removes a subscription and its activity; false when there was none.

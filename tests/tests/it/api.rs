@@ -195,7 +195,7 @@ async fn header_values_are_never_echoed_and_a_masked_value_keeps_the_secret(db: 
     fetched["name"] = json!("renamed");
     let (status, replaced) = app.put(&format!("/1/Subscription/{id}"), &fetched).await;
     assert_eq!(status, StatusCode::OK, "{replaced}");
-    let registry = wasmhook::registry::Registry::open(&db.url).await.unwrap();
+    let registry = crate::helpers::open_registry(&db.url).await;
     let stored = registry
         .get_subscription(id.parse().unwrap())
         .await

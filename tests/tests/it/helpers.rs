@@ -18,8 +18,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmhook::broker::EmbeddedBroker;
-use wasmhook::config::{DeliverySettings, ServerSettings, Settings, SmtpSettings};
+use wasmhook::config::{DeliverySettings, SecretSettings, ServerSettings, Settings, SmtpSettings};
 use wasmhook::egress::DestinationPolicy;
+use wasmhook::secrets::{KeySource, SecretKey};
 use wasmhook::startup::Application;
 
 /// Which registry database a test runs against.
@@ -110,6 +111,8 @@ pub fn authed_client(token: &str) -> reqwest::Client {
 
 /// Settings tuned for tests: port 0, fast retries and reconciles, the admin
 /// token set, loopback destinations allowed (the receivers listen on 127.0.0.1).
+/// SQLite keeps its generated secret key beside the database file, as by
+/// default; PostgreSQL gets a random key per test (kept in the settings for restarts).
 pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -129,7 +132,42 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
         smtp: None,
         admin_token: Some(wasmhook::domain::AccessToken::parse(ADMIN_TOKEN).unwrap()),
         server: ServerSettings::default(),
+        secrets: SecretSettings {
+            key: postgres_secret_key(database_url).map(KeySource::Key),
+            ..SecretSettings::default()
+        },
     }
+}
+
+/// A PostgreSQL test database's secret key: random, one per database,
+/// remembered so that restarts and direct reads of the registry use it too.
+/// `None` for SQLite, whose key is generated beside its file (the default).
+fn postgres_secret_key(database_url: &str) -> Option<SecretKey> {
+    static KEYS: Mutex<Option<std::collections::HashMap<String, SecretKey>>> = Mutex::new(None);
+    if !database_url.starts_with("postgres") {
+        return None;
+    }
+    let mut keys = KEYS.lock().unwrap();
+    let key = keys
+        .get_or_insert_with(Default::default)
+        .entry(database_url.to_string())
+        .or_insert_with(SecretKey::generate);
+    Some(key.clone())
+}
+
+/// The test database's registry as the application opens it, with its
+/// secret key, to read what is stored.
+pub async fn open_registry(database_url: &str) -> wasmhook::registry::Registry {
+    let (key, _) = wasmhook::secrets::resolve_key(
+        postgres_secret_key(database_url)
+            .map(KeySource::Key)
+            .as_ref(),
+        database_url,
+    )
+    .expect("the test database's secret key");
+    wasmhook::registry::Registry::open_with(database_url, key)
+        .await
+        .expect("the registry opens with its key")
 }
 
 /// The application, running in this process on a free port.

@@ -11,4 +11,5 @@ mod helpers;
 mod plugin_runtime;
 mod plugins;
 mod sandbox;
+mod secrets;
 mod ssrf;
