@@ -470,6 +470,11 @@ fn case(known: String) -> impl Strategy<Value = Case> {
         1 => id(known).prop_map(|id| (Method::GET, format!("/1/Subscription/{id}/Status"))),
         1 => (id(String::new()), id(String::new()))
             .prop_map(|(name, version)| (Method::GET, format!("/1/Plugin/{name}/{version}"))),
+        2 => Just((Method::POST, "/1/Tenant".to_string())),
+        1 => (prop::sample::select(vec![Method::PUT, Method::GET]), id(String::new()))
+            .prop_map(|(method, id)| (method, format!("/1/Tenant/{id}"))),
+        1 => (prop::sample::select(vec!["/1/Token", "/1/Subscription", "/1/Plugin", "/1/Tenant"]), id(String::new()))
+            .prop_map(|(route, cursor)| (Method::GET, format!("{route}?limit=2&cursor={cursor}"))),
     ];
     let sent =
         (target, content_type(), body()).prop_map(|((method, path), content_type, body)| Case {
