@@ -23,7 +23,7 @@ use crate::api::ApiError;
 use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};
 use crate::plugin::limits::LIMIT_FIELDS;
 use crate::plugin::{HostLimits, PluginError, RequestedLimits};
-use crate::registry::{Page, PluginOwner, StoredPlugin};
+use crate::registry::{NewPlugin, Page, PluginOwner, StoredPlugin};
 
 /// A plugin as responses show it: `limits` are those its instances run
 /// under (what it asked for at upload, or this host's defaults).
@@ -258,15 +258,15 @@ pub(super) async fn upload(
         .map_err(|error| rejected(role, error))?;
     let stored = state
         .registry
-        .insert_plugin(
+        .insert_plugin(NewPlugin {
             owner,
-            name.as_str(),
-            version.as_str(),
+            name: name.as_str(),
+            version: version.as_str(),
             role,
-            compiled.sha256(),
+            sha256: compiled.sha256(),
             limits,
-            &wasm,
-        )
+            wasm: &wasm,
+        })
         .await?;
     // Stored: from now on its compiled code may be kept for the pipelines.
     state.engine.remember(&compiled);

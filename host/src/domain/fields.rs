@@ -635,7 +635,10 @@ mod tests {
 
     /// Expressions that nest `n` levels in the ways the parser, the
     /// interpreter or the syntax tree's drop recurse on.
-    fn hostile_shapes() -> [(&'static str, fn(usize) -> String); 15] {
+    /// A name, and the expression of that shape nested `n` deep.
+    type Shape = (&'static str, fn(usize) -> String);
+
+    fn hostile_shapes() -> [Shape; 15] {
         [
             ("parentheses", |n| {
                 format!("{}a{}", "(".repeat(n), ")".repeat(n))

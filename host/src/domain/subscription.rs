@@ -983,7 +983,9 @@ mod tests {
 
     #[test]
     fn lists_beyond_their_caps_are_refused_naming_the_cap() {
-        let cases: [(&str, usize, fn(&mut serde_json::Value, usize)); 4] = [
+        /// The list's field, its cap, and how to grow a request's list to `n`.
+        type Case = (&'static str, usize, fn(&mut serde_json::Value, usize));
+        let cases: [Case; 4] = [
             ("source", MAX_SOURCES, |b, n| {
                 b["source"] = (0..n)
                     .map(|i| serde_json::json!({"topic": format!("t{i}")}))

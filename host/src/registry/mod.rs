@@ -31,7 +31,7 @@ pub use access::{CONFIGURED_ADMIN_LABEL, StoredTenant, StoredToken};
 pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
 pub use admin::{AdminState, PlatformStatus};
 pub use page::{Cursor, Listing, Page};
-pub use plugins::{PluginOwner, StoredPlugin};
+pub use plugins::{NewPlugin, PluginOwner, StoredPlugin};
 pub use subscriptions::{Counts, Health, StoredSubscription};
 
 /// What went wrong talking to the registry.

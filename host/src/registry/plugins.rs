@@ -102,19 +102,34 @@ fn signed(value: Option<u64>) -> Option<i64> {
     value.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
+/// A plugin to store: whose, which, and its bytes.
+pub struct NewPlugin<'a> {
+    pub owner: PluginOwner,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub role: PluginRole,
+    /// Lowercase hex sha256 of `wasm`.
+    pub sha256: &'a str,
+    pub limits: RequestedLimits,
+    pub wasm: &'a [u8],
+}
+
 impl Registry {
-    /// Stores a plugin; [`RegistryError::Duplicate`] when that name and
-    /// version exist already (versions are immutable).
+    /// Stores a plugin; [`RegistryError::Duplicate`] when its owner has that
+    /// name and version already (versions are immutable).
     pub async fn insert_plugin(
         &self,
-        owner: PluginOwner,
-        name: &str,
-        version: &str,
-        role: PluginRole,
-        sha256: &str,
-        limits: RequestedLimits,
-        wasm: &[u8],
+        plugin: NewPlugin<'_>,
     ) -> Result<StoredPlugin, RegistryError> {
+        let NewPlugin {
+            owner,
+            name,
+            version,
+            role,
+            sha256,
+            limits,
+            wasm,
+        } = plugin;
         let now = now_millis();
         let size = i64::try_from(wasm.len()).unwrap_or(i64::MAX);
         let done = sqlx::query(
