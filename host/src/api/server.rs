@@ -160,6 +160,22 @@ async fn refuse(mut stream: TcpStream) {
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
         body.len()
     );
+    // Wait (briefly) for the request's head first: a response that arrives
+    // before the client has written its request is, to an HTTP client, an
+    // unexpected message rather than an answer.
+    let head_read = async {
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while seen.len() < 16 * 1024 && !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), head_read).await;
     let answer = async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(body.as_bytes()).await?;
