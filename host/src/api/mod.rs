@@ -31,7 +31,7 @@ use axum::routing::{delete, get, post};
 use tokio::sync::Notify;
 
 use crate::plugin::PluginEngine;
-use crate::registry::{Cursor, Page, Registry};
+use crate::registry::{Listing, Page, Registry};
 pub use error::ApiError;
 use json::BodyLimit;
 
@@ -146,10 +146,16 @@ impl ListQuery {
     }
 }
 
+/// A list route's answer: the page as a JSON array, and
 /// `link: <path?limit=…&cursor=…>; rel="next"` when there is a next page.
-pub(crate) fn next_page_headers(path: &str, page: &Page, next: Option<&Cursor>) -> HeaderMap {
+pub(crate) fn paged<T>(
+    path: &str,
+    page: &Page,
+    listing: &Listing<T>,
+    body: impl Fn(&T) -> serde_json::Value,
+) -> (HeaderMap, axum::Json<serde_json::Value>) {
     let mut headers = HeaderMap::new();
-    if let Some(next) = next {
+    if let Some(next) = &listing.next {
         let link = format!(
             "<{path}?limit={}&cursor={}>; rel=\"next\"",
             page.limit,
@@ -159,7 +165,8 @@ pub(crate) fn next_page_headers(path: &str, page: &Page, next: Option<&Cursor>) 
             headers.insert(axum::http::header::LINK, value);
         }
     }
-    headers
+    let items = listing.items.iter().map(body).collect();
+    (headers, axum::Json(serde_json::Value::Array(items)))
 }
 
 async fn not_found(method: Method, request: Request) -> ApiError {

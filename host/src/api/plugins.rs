@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::auth::Principal;
 use super::json::{BodyLimit, MediaType, body_timeout, read_body, sent_type, unsupported};
-use super::{AppState, ListQuery, next_page_headers};
+use super::{AppState, ListQuery, paged};
 use crate::api::ApiError;
 use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};
 use crate::plugin::limits::LIMIT_FIELDS;
@@ -305,12 +305,9 @@ pub(super) async fn list(
         .list_plugins_page(principal.tenant_id(), &page)
         .await?;
     let host = state.engine.limits();
-    Ok((
-        next_page_headers("/1/Plugin", &page, listing.next.as_ref()),
-        Json(Value::Array(
-            listing.items.iter().map(|p| plugin_body(p, host)).collect(),
-        )),
-    ))
+    Ok(paged("/1/Plugin", &page, &listing, |p| {
+        plugin_body(p, host)
+    }))
 }
 
 /// `?tenant=ID`: the admin addressing a tenant's private plugin (without it,

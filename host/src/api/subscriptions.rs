@@ -9,9 +9,11 @@ use serde_json::{Value, json};
 
 use super::auth::Principal;
 use super::json::ApiJson;
-use super::{AppState, ListQuery, next_page_headers, parse_id};
+use super::{AppState, ListQuery, paged, parse_id};
 use crate::api::ApiError;
-use crate::domain::{FieldError, SubscriptionRequest, SubscriptionSpec, ValidationErrors};
+use crate::domain::{
+    FieldError, PluginAttachment, SubscriptionRequest, SubscriptionSpec, ValidationErrors,
+};
 use crate::plugin::PluginError;
 use crate::plugin::loader::{AttachmentError, instantiate};
 use crate::registry::{Activity, ActivityEntry, Health, PlatformStatus, StoredSubscription};
@@ -99,38 +101,47 @@ async fn check_plugins(
     let outcomes = futures::future::join_all(tries).await;
     let mut errors = Vec::new();
     for ((field, _, attachment), outcome) in attached.into_iter().zip(outcomes) {
-        let error = match outcome {
-            Ok(_) => continue,
-            Err(AttachmentError::Registry(e)) => return Err(e.into()),
-            Err(AttachmentError::Plugin {
-                source: PluginError::CompilerBusy(_),
-                plugin,
-            }) => {
-                return Err(ApiError::Unavailable(format!(
-                    "{field}: plugin {plugin} could not be compiled now: the compiler is busy; try again"
-                )));
-            }
-            // A plugin may quote its configuration back: secret values are masked.
-            Err(AttachmentError::Plugin {
-                source: PluginError::Config(reason),
-                ..
-            }) => FieldError {
-                field: format!("{field}.config"),
-                message: attachment.scrub(&format!(
-                    "plugin {attachment} rejected its configuration: {reason}"
-                )),
-            },
-            Err(other) => FieldError {
-                field,
-                message: attachment.scrub(&other.to_string()),
-            },
-        };
-        errors.push(error);
+        if let Err(error) = outcome {
+            errors.push(attachment_failure(field, attachment, error)?);
+        }
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ApiError::Validation(ValidationErrors(errors)))
+    }
+}
+
+/// Why the plugin attached at `field` could not start, as a field error; a
+/// registry failure or a busy compiler is the host's problem, not the
+/// request's, and answers as such.
+pub(super) fn attachment_failure(
+    field: String,
+    attachment: &PluginAttachment,
+    error: AttachmentError,
+) -> Result<FieldError, ApiError> {
+    match error {
+        AttachmentError::Registry(e) => Err(e.into()),
+        AttachmentError::Plugin {
+            source: PluginError::CompilerBusy(_),
+            plugin,
+        } => Err(ApiError::Unavailable(format!(
+            "{field}: plugin {plugin} could not be compiled now: the compiler is busy; try again"
+        ))),
+        // A plugin may quote its configuration back: secret values are masked.
+        AttachmentError::Plugin {
+            source: PluginError::Config(reason),
+            ..
+        } => Ok(FieldError {
+            field: format!("{field}.config"),
+            message: attachment.scrub(&format!(
+                "plugin {attachment} rejected its configuration: {reason}"
+            )),
+        }),
+        other => Ok(FieldError {
+            field,
+            message: attachment.scrub(&other.to_string()),
+        }),
     }
 }
 
@@ -144,12 +155,7 @@ pub(super) async fn list(
         .registry
         .list_subscriptions_page(principal.tenant_id(), &page)
         .await?;
-    Ok((
-        next_page_headers("/1/Subscription", &page, listing.next.as_ref()),
-        Json(Value::Array(
-            listing.items.iter().map(subscription_body).collect(),
-        )),
-    ))
+    Ok(paged("/1/Subscription", &page, &listing, subscription_body))
 }
 
 /// The subscription with this id if the caller may see it: another tenant's

@@ -5,15 +5,15 @@
 //! id and public prefix are listed.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Principal;
-use super::{AppState, ListQuery, next_page_headers, parse_id};
+use super::subscriptions::attachment_failure;
+use super::{AppState, ListQuery, paged, parse_id};
 use crate::api::ApiError;
 use crate::domain::{
     AccessToken, FieldError, PluginRole, TenantRequest, TenantSpec, ValidationErrors,
@@ -45,27 +45,28 @@ fn token_body(token: &StoredToken) -> Value {
     })
 }
 
-/// The mandatory policy must be a shared policy plugin that accepts its configuration.
+/// The mandatory policy must be a shared policy plugin that accepts its
+/// configuration: checked as a subscription's attachments are.
 async fn check_mandatory_policy(state: &AppState, spec: &TenantSpec) -> Result<(), ApiError> {
     let Some(attachment) = &spec.mandatory_policy else {
         return Ok(());
     };
-    match instantiate(
+    let started = instantiate(
         &state.registry,
         &state.engine,
         None,
         attachment,
         PluginRole::Policy,
     )
-    .await
-    {
-        Ok(_) => Ok(()),
-        Err(crate::plugin::loader::AttachmentError::Registry(e)) => Err(e.into()),
-        Err(error) => Err(ApiError::Validation(ValidationErrors(vec![FieldError {
-            field: "mandatory_policy".into(),
-            message: format!("{error} (a mandatory policy must be a shared plugin)"),
-        }]))),
-    }
+    .await;
+    let Err(error) = started else {
+        return Ok(());
+    };
+    let mut failure = attachment_failure("mandatory_policy".into(), attachment, error)?;
+    failure
+        .message
+        .push_str(" (a mandatory policy must be a shared plugin)");
+    Err(ApiError::Validation(ValidationErrors(vec![failure])))
 }
 
 pub(super) async fn create(
@@ -89,10 +90,7 @@ pub(super) async fn list(
     principal.require_admin("listing tenants")?;
     let page = query.page()?;
     let listing = state.registry.list_tenants(&page).await?;
-    Ok((
-        next_page_headers("/1/Tenant", &page, listing.next.as_ref()),
-        Json(listing.items.iter().map(tenant_body).collect()),
-    ))
+    Ok(paged("/1/Tenant", &page, &listing, tenant_body))
 }
 
 async fn load(state: &AppState, raw_id: &str) -> Result<StoredTenant, ApiError> {
@@ -169,15 +167,23 @@ struct TokenRequest {
 
 const MAX_LABEL: usize = 200;
 
-fn parse_token_request(
-    headers: &HeaderMap,
-    body: &Bytes,
+/// Reads the optional token request: no body is the defaults; a body must be
+/// JSON, read within the server's body limit and timeout like any other.
+async fn read_token_request(
+    state: &AppState,
+    request: Request,
 ) -> Result<(String, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
+    let json = super::json::require_json(request.headers());
+    let limit = request
+        .extensions()
+        .get::<super::json::BodyLimit>()
+        .map_or(super::json::DEFAULT_BODY_LIMIT, |l| l.0);
+    let body = super::json::read_body(request, state, limit).await?;
     let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
-        super::json::require_json(headers)?;
-        super::json::parse(body)?
+        json?;
+        super::json::parse(&body)?
     };
     let mut errors = Vec::new();
     let label = request.label.unwrap_or_default();
@@ -239,12 +245,11 @@ pub(super) async fn create_tenant_token(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require_admin("minting tenant tokens")?;
     let tenant = load(&state, &id).await?;
-    let (label, expires_at) = parse_token_request(&headers, &body)?;
+    let (label, expires_at) = read_token_request(&state, request).await?;
     mint(&state, Some(tenant.id), &label, expires_at).await
 }
 
@@ -253,10 +258,9 @@ pub(super) async fn create_tenant_token(
 pub(super) async fn create_own_token(
     State(state): State<AppState>,
     principal: Principal,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (label, expires_at) = parse_token_request(&headers, &body)?;
+    let (label, expires_at) = read_token_request(&state, request).await?;
     mint(&state, principal.tenant_id(), &label, expires_at).await
 }
 
@@ -270,10 +274,7 @@ pub(super) async fn list_tokens(
         .registry
         .list_tokens(principal.tenant_id(), &page)
         .await?;
-    Ok((
-        next_page_headers("/1/Token", &page, listing.next.as_ref()),
-        Json(listing.items.iter().map(token_body).collect()),
-    ))
+    Ok(paged("/1/Token", &page, &listing, token_body))
 }
 
 /// `DELETE /1/Token/{id}`: revokes a token (the admin any; a tenant its own).

@@ -811,7 +811,7 @@ pub fn plugin_form(fields: &[(&str, &str)], wasm: Option<&[u8]>) -> (String, Vec
 }
 
 impl TestApp {
-    /// `POST /1/Plugin` as a multipart form.
+    /// `POST /1/Plugin` as a multipart form, with the admin token.
     pub async fn upload_plugin(
         &self,
         name: &str,
@@ -819,23 +819,13 @@ impl TestApp {
         role: &str,
         wasm: &[u8],
     ) -> (StatusCode, Value) {
-        let (content_type, body) = plugin_form(
-            &[("name", name), ("version", version), ("role", role)],
-            Some(wasm),
-        );
-        self.post_form(&content_type, body).await
+        self.as_admin()
+            .upload_plugin(name, version, role, wasm)
+            .await
     }
 
     pub async fn post_form(&self, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(self.url("/1/Plugin"))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        read(response).await
+        self.as_admin().post_form(content_type, body).await
     }
 
     /// Uploads a component built from `plugins/` and asserts it was accepted.
@@ -875,6 +865,14 @@ pub struct Caller {
 }
 
 impl TestApp {
+    /// Calls as the app's own client does (with the admin token when it has one).
+    fn as_admin(&self) -> Caller {
+        Caller {
+            address: self.address.clone(),
+            http: self.http.clone(),
+        }
+    }
+
     pub fn caller(&self, token: Option<&str>) -> Caller {
         Caller {
             address: self.address.clone(),
@@ -922,6 +920,7 @@ impl Caller {
             .unwrap()
     }
 
+    /// `POST /1/Plugin` as a multipart form.
     pub async fn upload_plugin(
         &self,
         name: &str,
@@ -933,6 +932,11 @@ impl Caller {
             &[("name", name), ("version", version), ("role", role)],
             Some(wasm),
         );
+        self.post_form(&content_type, body).await
+    }
+
+    /// `POST /1/Plugin` with this body and content type.
+    pub async fn post_form(&self, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
         let response = self
             .http
             .post(format!("{}/1/Plugin", self.address))
