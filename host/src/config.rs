@@ -86,6 +86,25 @@ pub struct Cli {
     #[arg(long, env = "WASMHOOK_RECONCILE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
     pub reconcile_interval: Duration,
 
+    /// This host's name in every subscription's consumer group, for static
+    /// membership (`group.instance.id` = `<id>-<subscription>`): a restart
+    /// within the session timeout takes the same partitions back without a
+    /// rebalance. Must differ per host. Unset: dynamic membership.
+    #[arg(long, env = "WASMHOOK_INSTANCE_ID", value_parser = parse_instance_id, global = true)]
+    pub instance_id: Option<String>,
+
+    /// How long a silent consumer stays in its group (Kafka's session timeout).
+    #[arg(long, env = "WASMHOOK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub session_timeout: Duration,
+
+    /// How partitions are shared between the hosts of a consumer group.
+    #[arg(long, env = "WASMHOOK_ASSIGNMENT_STRATEGY", value_enum, default_value_t = AssignmentStrategy::CooperativeSticky, global = true)]
+    pub assignment_strategy: AssignmentStrategy,
+
+    /// How often each consumer's lag per partition is refreshed (shown in status).
+    #[arg(long, env = "WASMHOOK_LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub lag_interval: Duration,
+
     /// How long shutdown waits for in-flight batches before abandoning them (uncommitted).
     #[arg(long, env = "WASMHOOK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
@@ -288,6 +307,44 @@ impl StartFrom {
     }
 }
 
+/// Kafka's partition assignment strategy for the subscriptions' groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AssignmentStrategy {
+    /// Incremental: a rebalance moves only the partitions that must move;
+    /// the others keep being delivered.
+    CooperativeSticky,
+    /// Eager: every rebalance revokes every partition first.
+    Range,
+    RoundRobin,
+}
+
+impl AssignmentStrategy {
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            Self::CooperativeSticky => "cooperative-sticky",
+            Self::Range => "range",
+            Self::RoundRobin => "roundrobin",
+        }
+    }
+}
+
+/// A `group.instance.id` prefix: letters, digits, `.`, `_` and `-`, at most 200.
+fn parse_instance_id(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 200
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a valid instance id: use 1 to 200 letters, digits, '.', '_' or '-' \
+             (for example the host name)"
+        ))
+    }
+}
+
 /// Everything the application needs, independent of how it was configured.
 ///
 /// Its `Debug` shows the database URL without its password.
@@ -387,6 +444,12 @@ pub struct DeliverySettings {
     pub reconcile_interval: Duration,
     pub shutdown_grace: Duration,
     pub alert_interval: Duration,
+    /// Static membership: this host's `group.instance.id` prefix.
+    pub instance_id: Option<String>,
+    pub session_timeout: Duration,
+    pub assignment_strategy: AssignmentStrategy,
+    /// How often librdkafka reports statistics (the lag in status).
+    pub lag_interval: Duration,
     /// Plugin settings live here rather than in [`Settings`] because this
     /// struct has a `Default`, which the tests and the load test build on.
     pub plugins: RuntimeSettings,
@@ -406,6 +469,10 @@ impl Default for DeliverySettings {
             reconcile_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             alert_interval: Duration::from_secs(15 * 60),
+            instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            assignment_strategy: AssignmentStrategy::CooperativeSticky,
+            lag_interval: Duration::from_secs(5),
             plugins: RuntimeSettings::default(),
             destinations: DestinationPolicy::public_only(),
         }
@@ -462,6 +529,10 @@ impl Cli {
                 reconcile_interval: self.reconcile_interval,
                 shutdown_grace: self.shutdown_grace,
                 alert_interval: self.alert_interval,
+                instance_id: self.instance_id.clone(),
+                session_timeout: self.session_timeout,
+                assignment_strategy: self.assignment_strategy,
+                lag_interval: self.lag_interval,
                 plugins: RuntimeSettings {
                     limits: HostLimits {
                         defaults: PluginLimits {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
+use crate::delivery::state::ConsumerStates;
 use crate::domain::AccessToken;
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
@@ -62,6 +63,7 @@ impl Application {
                 max_plugin_bytes: settings.delivery.plugins.max_component_bytes,
                 destinations: settings.delivery.destinations.clone(),
                 secret_rotation_overlap: settings.secrets.rotation_overlap,
+                states: ConsumerStates::new(host_name(settings.delivery.instance_id.as_deref())),
             },
             settings,
             generated_admin_token,
@@ -103,6 +105,7 @@ impl Application {
             self.state.changes.clone(),
             &self.settings,
             self.state.engine.clone(),
+            self.state.states.clone(),
         )
         .context("starting the delivery engine")?;
         let delivery = tokio::spawn(supervisor.run(stop.clone()));
@@ -149,4 +152,16 @@ async fn bootstrap_admin(
         .insert_token(&token, None, "generated at first start", None)
         .await?;
     Ok(Some(token))
+}
+
+/// How this host names itself in status: its instance id, or the machine's
+/// host name and the process id (several processes may share a machine).
+fn host_name(instance_id: Option<&str>) -> String {
+    if let Some(id) = instance_id {
+        return id.to_string();
+    }
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{}:{}", machine.trim(), std::process::id())
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub max_plugin_bytes: usize,
     /// Where webhooks may go: registration refuses IP literals outside it.
     pub destinations: crate::egress::DestinationPolicy,
+    /// What each pipeline on this host is doing (shown in status).
+    pub states: crate::delivery::state::ConsumerStates,
     /// How long a rotated-out signing secret keeps signing.
     pub secret_rotation_overlap: std::time::Duration,
 }

@@ -315,6 +315,9 @@ pub(super) async fn status(
         "counts": stored.counts,
         "dead_letter_topic": crate::delivery::dead_letter::topic_for(stored.id),
         "dead_letters": dead_letters,
+        // This host's consumer, if the subscription runs here (another host
+        // may hold its partitions: each answers for its own).
+        "consumer": state.states.get(stored.id),
     });
     if admin.status == PlatformStatus::Offline {
         body["offline_message"] = json!(admin.offline_message);

@@ -15,7 +15,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
+use super::alert::Transition;
+use super::health::HealthKeeper;
 use super::record::Record;
+use super::state::{ConsumerState, StateHandle};
+use crate::registry::Health;
 
 pub fn topic_for(subscription: Uuid) -> String {
     format!("webhooks-{subscription}-dlq")
@@ -92,4 +96,72 @@ impl DeadLetters {
         });
         try_join_all(sends).await.map(|_| ())
     }
+}
+
+/// How long the dead-letter loop waits between attempts, at most.
+const MAX_DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
+
+/// Produces `records` to `topic` until every one is acknowledged (the source
+/// offsets are committed only after), backing off between attempts. A failure
+/// that waiting will not cure (the topic missing, a message too large, no
+/// authorisation) is reported once through `stuck`, so the subscription turns
+/// unhealthy with the reason while the loop goes on trying. Returns false when
+/// stopped first.
+pub async fn write_until_acknowledged(
+    dead_letters: &DeadLetters,
+    topic: &str,
+    records: &[Record],
+    delivery_id: &str,
+    reason: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    health: &mut HealthKeeper,
+    state: &StateHandle,
+) -> bool {
+    let mut wait = Duration::from_millis(200);
+    let mut reported = false;
+    loop {
+        match dead_letters
+            .publish(topic, records, delivery_id, reason)
+            .await
+        {
+            Ok(()) => return true,
+            Err(error) => {
+                tracing::error!(topic, error = %error, "Could not write to the dead-letter topic; retrying.");
+                if !reported && is_permanent(&error) {
+                    // Waiting will not cure it: the operator must act (create
+                    // the topic, raise its message size, grant access).
+                    reported = true;
+                    let reason = format!(
+                        "a batch cannot be written to the dead-letter topic {topic} ({error}); \
+                         nothing after it is committed until it can"
+                    );
+                    state.set(ConsumerState::Retrying, Some(reason.clone()));
+                    health
+                        .set(Health::Unhealthy, Transition::Unhealthy { reason })
+                        .await;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(MAX_DEAD_LETTER_WAIT);
+            }
+        }
+    }
+}
+
+/// Errors that retrying will not cure.
+fn is_permanent(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::UnknownTopic
+                | Code::UnknownTopicOrPartition
+                | Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+        )
+    )
 }

@@ -7,28 +7,39 @@
 //! ```
 //!
 //! - [`supervisor`]: reconciles running pipelines with the registry and the admin switch.
-//! - [`pipeline`]: the per-subscription loop; the only place offsets are committed.
+//! - [`pipeline`]: the per-subscription loop; it keeps polling while a batch
+//!   is delivered by a task of its own.
+//! - [`consumer`]: the consumer's configuration, partition ownership by epoch,
+//!   and the only place offsets are stored and committed.
 //! - [`record`], [`filter`], [`batcher`], [`retry`]: small pure stages, tested alone.
+//! - [`failure`]: why an attempt failed, typed until it becomes text.
+//! - [`state`]: each pipeline's consumer state and lag on this host (status).
 //! - [`plugins`]: the pipeline's plugin instances, and what their answers
 //!   mean for each message; a plugin failure fails the attempt.
 //! - [`sender`]: one webhook request, signed, with its activity record.
 //! - [`dead_letter`]: exhausted batches to a Kafka topic per subscription.
+//! - [`health`]: health transitions, recorded once across hosts, alerted on.
 //! - [`alert`]: email on health transitions, rate limited.
 //!
 //! Semantics (docs/ARCHITECTURE.md): at-least-once; an offset is committed
 //! only after its batch reached a final outcome (delivered, filtered out,
-//! denied by a policy, or dead-lettered); one batch in flight per
-//! subscription, so order holds per partition.
+//! denied by a policy, or dead-lettered), and only for partitions still owned
+//! in the epoch they were fetched in; one batch in flight per subscription, so
+//! order holds per partition.
 
 pub mod alert;
 pub mod batcher;
+pub mod consumer;
 pub mod dead_letter;
+pub mod failure;
 pub mod filter;
+pub mod health;
 pub mod pipeline;
 pub mod plugins;
 pub mod record;
 pub mod retry;
 pub mod sender;
+pub mod state;
 pub mod supervisor;
 
 pub use supervisor::Supervisor;

@@ -1,50 +1,62 @@
 //! One subscription's pipeline: consume, filter, batch, run the plugins,
 //! deliver, commit.
 //!
-//! Plugins run on each flushed batch, as part of each delivery attempt until
-//! one succeeds in preparing it; what a filter removes or a policy denies is
-//! a final outcome, committed with the batch. A plugin that fails (traps,
-//! overruns, errs, cannot start) fails the attempt, which is retried like a
-//! failed request and finally dead-lettered with the reason; a plugin that
-//! keeps failing turns the subscription unhealthy.
+//! The loop never stops polling its consumer: a flushed batch is delivered
+//! (with its retries) by a task of its own while the loop goes on serving the
+//! consumer, so heartbeats and rebalances proceed however slow the webhook.
+//! Meanwhile the next batch fills; once it is full, the partitions are paused
+//! until delivery is free again (nothing fetched is lost: librdkafka fetches
+//! again from the last consumed message on resume).
 //!
-//! The loop is sequential on purpose: one batch in flight per subscription keeps
-//! order per partition, and offsets are committed only after the batch they
-//! cover reached a final outcome (delivered, filtered out, or dead-lettered).
+//! One batch in flight per subscription keeps order per partition. Offsets are
+//! stored for commit only after the batch they cover reached a final outcome
+//! (delivered, filtered out, denied, or dead-lettered), and only for
+//! partitions still owned in the epoch their messages were fetched in
+//! ([`super::consumer`]). Checks of ownership happen at every rebalance (the
+//! batch being filled drops what was revoked), at every flush and before every
+//! commit. A batch in flight whose partitions were all revoked is abandoned:
+//! their new owner delivers them.
+//!
+//! Plugins run on each flushed batch, as part of each delivery attempt until
+//! one succeeds in preparing it; what a filter removes or a policy denies is a
+//! final outcome. A plugin that fails fails the attempt, which is retried like
+//! a failed request and finally dead-lettered with the reason.
+//!
 //! Stopping (delete, update, offline, shutdown) abandons the batch in hand
 //! without committing it; it is fetched again by whoever consumes next.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::alert::{Alerter, Transition};
+use super::health::HealthKeeper;
 use super::batcher::{Batcher, Flush, Positions};
+use super::consumer::{self, COMMIT_FAILURES_BEFORE_PAUSE, PipelineConsumer, PipelineContext};
 use super::dead_letter::{self, DeadLetters};
+use super::failure::DeliveryFailure;
 use super::filter::SourceFilters;
 use super::plugins::PluginStages;
 use super::record::{self, Record};
 use super::retry::RetrySchedule;
 use super::sender::{Outcome, Sender, Target};
+use super::state::{ConsumerState, ConsumerStates, StateHandle};
 use crate::config::DeliverySettings;
 use crate::domain::SubscriptionSpec;
 use crate::plugin::PluginEngine;
 use crate::registry::{Activity, Counts, DeadLetter, Health, Registry, StoredSubscription};
 
 /// What every pipeline shares: the registry, the HTTP sender, the dead-letter
-/// producer, the alerter and the settings.
+/// producer, the alerter, this host's consumer states and the settings.
 pub struct Shared {
     pub registry: Registry,
     pub settings: DeliverySettings,
@@ -53,6 +65,7 @@ pub struct Shared {
     pub dead_letters: DeadLetters,
     pub alerter: Alerter,
     pub engine: PluginEngine,
+    pub states: ConsumerStates,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,33 +78,9 @@ pub enum PipelineError {
     /// is delivered without it.
     #[error("could not read the subscription's tenant: {0}")]
     Tenant(String),
+    #[error("the delivery task ended abnormally: {0}")]
+    Delivery(String),
 }
-
-/// Counts rebalances, so the loop can tell that the batch it holds may contain
-/// messages of partitions it no longer owns.
-pub struct PipelineContext {
-    subscription: Uuid,
-    generation: AtomicU64,
-}
-
-impl ClientContext for PipelineContext {}
-
-impl ConsumerContext for PipelineContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            self.generation.fetch_add(1, Ordering::SeqCst);
-            tracing::info!(subscription = %self.subscription, partitions = partitions.count(), "Partitions revoked.");
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(partitions) = rebalance {
-            tracing::info!(subscription = %self.subscription, partitions = partitions.count(), "Partitions assigned.");
-        }
-    }
-}
-
-type PipelineConsumer = StreamConsumer<PipelineContext>;
 
 /// What to do after a failed attempt.
 enum Retry {
@@ -114,15 +103,26 @@ pub struct Pipeline {
     /// The owning tenant (`None`: the admin).
     tenant: Option<Uuid>,
     spec: SubscriptionSpec,
-    target: Target,
-    health: Health,
-    schedule: RetrySchedule,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Taken by the loop when it starts.
+    deliverer: Option<Deliverer>,
     shared: Arc<Shared>,
-    /// Why it is unhealthy, as last recorded by this pipeline.
-    reason: Option<String>,
-    /// Final positions whose commit failed; sent again with the next commit.
-    uncommitted: Positions,
+    state: StateHandle,
+}
+
+/// A batch being delivered by a task of its own.
+struct InFlight {
+    positions: Positions,
+    /// Cancelled when every partition of the batch was revoked (or on stop).
+    cancel: CancellationToken,
+    task: JoinHandle<(Deliverer, Option<Positions>)>,
+}
+
+impl Drop for InFlight {
+    /// A pipeline aborted after its grace period must not leave its delivery
+    /// running behind it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Pipeline {
@@ -133,57 +133,44 @@ impl Pipeline {
                 .expect("a parsed rate limit is at least 1");
             RateLimiter::direct(Quota::per_second(per_second))
         });
-        Ok(Self {
+        let state = shared.states.handle(stored.id);
+        let deliverer = Deliverer {
             id: stored.id,
-            tenant: stored.tenant_id,
             target: Target {
                 url: spec.destination.webhook.url.url().clone(),
                 headers: spec.destination.webhook.headers.clone(),
                 secret: stored.signing_secret.clone(),
                 previous_secret: stored.previous_secret.clone(),
             },
-            health: stored.health,
-            reason: stored.status_reason.clone(),
+            health: HealthKeeper::new(stored, shared.clone()),
             schedule: RetrySchedule::new(&spec.configuration.retry, &shared.settings),
             limiter,
+            shared: shared.clone(),
+            plugins: None,
+            state: state.clone(),
+        };
+        Ok(Self {
+            id: stored.id,
+            tenant: stored.tenant_id,
             spec,
+            deliverer: Some(deliverer),
             shared,
-            uncommitted: Positions::new(),
+            state,
         })
     }
 
-    fn consumer(&self) -> Result<Arc<PipelineConsumer>, PipelineError> {
-        let settings = &self.shared.settings;
-        // A pipeline does not poll while it waits between retries; the group must
-        // not evict it for that, so the poll interval covers a whole retry run.
-        let retries = self.schedule.max_retries + 1;
-        let max_poll = (settings.retry_max_delay + settings.request_timeout) * retries
-            + Duration::from_secs(60);
-        let consumer: PipelineConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.shared.brokers)
-            .set("group.id", format!("webhooks-{}", self.id))
-            .set("client.id", format!("wasmhook-{}", self.id))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", settings.start_from.as_kafka())
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "3000")
-            .set("max.poll.interval.ms", max_poll.as_millis().to_string())
-            .set("fetch.wait.max.ms", "100")
-            // Notice topics created after the subscription within seconds, not minutes.
-            .set("topic.metadata.refresh.interval.ms", "5000")
-            .create_with_context(PipelineContext {
-                subscription: self.id,
-                generation: AtomicU64::new(0),
-            })
-            .map_err(PipelineError::Consumer)?;
-        consumer
-            .subscribe(&self.spec.topics())
-            .map_err(PipelineError::Subscribe)?;
-        Ok(Arc::new(consumer))
+    pub async fn run(self, stop: CancellationToken) -> Result<(), PipelineError> {
+        let state = self.state.clone();
+        state.set(ConsumerState::Starting, None);
+        let result = self.consume(stop).await;
+        match &result {
+            Ok(()) => state.set(ConsumerState::Stopped, None),
+            Err(error) => state.set(ConsumerState::Failed, Some(error.to_string())),
+        }
+        result
     }
 
-    pub async fn run(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
+    async fn consume(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
         let mandatory = match self.tenant {
             None => None,
             Some(tenant) => {
@@ -210,92 +197,276 @@ impl Pipeline {
         // A plugin that cannot start does not stop the pipeline: its batches
         // fail their attempts (retried, then dead-lettered), and its circuit
         // breaker keeps it from being rebuilt for every one of them.
+        let mut deliverer = self.deliverer.take().expect("a pipeline runs once");
         for failure in plugins.warm().await {
             tracing::warn!(subscription = %self.id, reason = %failure.reason, "Plugin could not start; its batches will fail until it does.");
-            self.set_health(
-                Health::Unhealthy,
-                Transition::Unhealthy {
-                    reason: failure.reason,
-                },
-            )
-            .await;
+            deliverer
+                .set_health(
+                    Health::Unhealthy,
+                    Transition::Unhealthy {
+                        reason: failure.reason,
+                    },
+                )
+                .await;
         }
-        let consumer = self.consumer()?;
+        deliverer.plugins = Some(plugins);
+
+        let consumer = consumer::create(
+            self.id,
+            &self.shared.brokers,
+            &self.shared.settings,
+            PipelineContext::new(self.id, self.state.clone()),
+        )
+        .map_err(PipelineError::Consumer)?;
+        consumer
+            .subscribe(&self.spec.topics())
+            .map_err(PipelineError::Subscribe)?;
+        let consumer = Arc::new(consumer);
         tracing::info!(subscription = %self.id, topics = ?self.spec.topics(), "Pipeline started.");
+
+        let result = self.run_loop(deliverer, &consumer, &stop).await;
+
+        // Closing a consumer commits what was stored and leaves the group, which
+        // blocks on round trips (or for as long as the broker is unreachable). A
+        // successor in the same group should join after it left, but shutdown
+        // must not hang on a dead broker.
+        let _ = off_runtime(CLOSE_TIMEOUT, move || drop(consumer)).await;
+        tracing::info!(subscription = %self.id, "Pipeline stopped.");
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
+        deliverer: Deliverer,
+        consumer: &Arc<PipelineConsumer>,
+        stop: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let context = consumer.context();
         let filters = SourceFilters::new(&self.spec);
         let batching = self.spec.configuration.batching;
         let mut batcher = Batcher::new(
             batching.max_batch_size.get(),
             batching.max_batch_interval_seconds.duration(),
         );
-        let mut generation = consumer.context().generation.load(Ordering::SeqCst);
+        // The deliverer is here while idle, in the task while a batch is in flight.
+        let mut idle = Some(deliverer);
+        let mut in_flight: Option<InFlight> = None;
+        // Set while commits keep failing: nothing more is fetched or handed off.
+        let mut commits_blocked = false;
+        let mut consumer_errors = ConsumerErrors::default();
 
         loop {
-            let deadline = batcher.deadline();
-            let flush = tokio::select! {
+            // Hand the batch to delivery as soon as both are ready.
+            if in_flight.is_none() && !commits_blocked && due(&batcher) {
+                let flush = batcher.take();
+                let flush = keep_owned(flush, context);
+                let deliverer = idle.take().expect("the deliverer is idle without a batch");
+                consumer::set_paused(consumer, false);
+                in_flight = Some(InFlight::start(deliverer, flush, stop.child_token()));
+            }
+            let deadline = batcher
+                .deadline()
+                .filter(|_| in_flight.is_none() && !commits_blocked);
+            tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => batcher.take(),
+                done = async { (&mut in_flight.as_mut().expect("guarded").task).await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    let (deliverer, positions) = done.map_err(|e| PipelineError::Delivery(e.to_string()))?;
+                    idle = Some(deliverer);
+                    if let Some(positions) = positions {
+                        let stale = consumer::store_and_commit(consumer, &positions);
+                        if stale > 0 {
+                            tracing::info!(subscription = %self.id, partitions = stale, "Delivered batch not committed for partitions revoked meanwhile; their new owner delivers them again.");
+                        }
+                    }
+                    commits_blocked = self.check_commits(consumer, commits_blocked);
+                }
+                _ = context.rebalanced.notified() => {
+                    let ownership = context.ownership();
+                    let dropped = batcher.retain_owned(|key, epoch| ownership.holds(key, epoch));
+                    if dropped > 0 {
+                        tracing::debug!(subscription = %self.id, dropped, "Dropped messages of revoked partitions from the batch being filled.");
+                    }
+                    if let Some(flight) = &in_flight
+                        && !flight.positions.is_empty()
+                        && flight.positions.iter().all(|(key, p)| !ownership.holds(key, p.epoch))
+                    {
+                        tracing::info!(subscription = %self.id, "Every partition of the batch in flight was revoked; abandoning it to the new owner.");
+                        flight.cancel.cancel();
+                    }
+                    if self.state.state() == Some(ConsumerState::Starting)
+                        && ownership.partitions().next().is_some()
+                    {
+                        self.state.set(ConsumerState::Running, None);
+                    }
+                }
+                _ = sleep(COMMIT_RETRY_INTERVAL), if commits_blocked => {
+                    consumer::commit_stored(consumer);
+                    commits_blocked = self.check_commits(consumer, commits_blocked);
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 received = consumer.recv() => {
                     let message = match received {
                         Ok(message) => Record::from_kafka(&message),
                         Err(error) => {
+                            // Persistent consumer trouble (brokers unreachable, a
+                            // topic gone, no authorisation) is the subscription's
+                            // health, not only a log line.
+                            if let Some(deliverer) = idle.as_mut()
+                                && let Some(reason) = consumer_errors.failed(&error)
+                            {
+                                self.state.set(ConsumerState::Running, Some(reason.clone()));
+                                deliverer.set_health(Health::Unhealthy, Transition::Unhealthy { reason }).await;
+                            }
                             tracing::warn!(subscription = %self.id, error = %error, "Kafka consumer error.");
                             sleep(Duration::from_millis(200)).await;
                             continue;
                         }
                     };
-                    let now_generation = consumer.context().generation.load(Ordering::SeqCst);
-                    if now_generation != generation {
-                        // Partitions were revoked: what we hold is fetched again from
-                        // the committed positions by whoever owns them now.
-                        generation = now_generation;
-                        batcher.discard();
-                    }
-                    let full = if filters.passes(&message) {
-                        batcher.push(message, Instant::now())
-                    } else {
-                        batcher.skip(&message, Instant::now());
-                        false
-                    };
-                    if !full {
+                    consumer_errors.cleared();
+                    let key = (message.topic.clone(), message.partition);
+                    let Some(epoch) = context.ownership().epoch(&key) else {
+                        // Revoked between fetch and now: its owner fetches it.
                         continue;
+                    };
+                    if filters.passes(&message) {
+                        batcher.push(message, epoch, Instant::now());
+                    } else {
+                        batcher.skip(&message, epoch, Instant::now());
                     }
-                    batcher.take()
+                    if batcher.is_full() && (in_flight.is_some() || commits_blocked) {
+                        // Full, and delivery busy: stop fetching, keep polling.
+                        consumer::set_paused(consumer, true);
+                    }
                 }
-            };
-            match self.finish(flush, &mut plugins, &stop).await {
-                Some(positions) => self.commit(&consumer, positions).await,
-                None => break,
             }
         }
 
-        // Whatever reached a final outcome but failed to commit gets one more try.
-        if !self.uncommitted.is_empty() {
-            self.commit(&consumer, Positions::new()).await;
+        // Stopping: the batch in flight gets until the grace period ends (the
+        // supervisor aborts us then); if it became final, it is stored and
+        // committed when the consumer closes.
+        if let Some(mut flight) = in_flight.take() {
+            flight.cancel.cancel();
+            if let Ok((_, Some(positions))) = (&mut flight.task).await {
+                consumer::store_and_commit(consumer, &positions);
+            }
         }
-        // Closing a consumer leaves the group, which blocks on a round trip (or
-        // for as long as the broker is unreachable). A successor in the same group
-        // should join after it left, but shutdown must not hang on a dead broker.
-        let _ = off_runtime(CLOSE_TIMEOUT, move || drop(consumer)).await;
-        tracing::info!(subscription = %self.id, "Pipeline stopped.");
         Ok(())
     }
 
+    /// Updates the back-pressure on commits: after repeated failures nothing
+    /// more is fetched until a commit succeeds. Returns whether it is on.
+    fn check_commits(&self, consumer: &PipelineConsumer, blocked: bool) -> bool {
+        let (failures, last) = consumer.context().commit_failures();
+        let block = failures >= COMMIT_FAILURES_BEFORE_PAUSE;
+        if block && !blocked {
+            let reason = format!(
+                "{failures} commits failed in a row ({}); fetching is paused until one succeeds",
+                last.as_deref().unwrap_or("no error text")
+            );
+            tracing::warn!(subscription = %self.id, reason = %reason, "Pausing the consumer.");
+            consumer::set_paused(consumer, true);
+            self.state.set(ConsumerState::Paused, Some(reason));
+        } else if !block && blocked {
+            tracing::info!(subscription = %self.id, "Commits succeed again; resuming the consumer.");
+            consumer::set_paused(consumer, false);
+            self.state.set(ConsumerState::Running, None);
+        }
+        block
+    }
+}
+
+/// A batch is due when full, or when its interval has passed.
+fn due(batcher: &Batcher) -> bool {
+    batcher.is_full() || batcher.deadline().is_some_and(|at| at <= Instant::now())
+}
+
+/// The flush without the partitions no longer owned in the epoch they were
+/// fetched in (checked at every flush).
+fn keep_owned(mut flush: Flush, context: &PipelineContext) -> Flush {
+    let ownership = context.ownership();
+    let current = ownership.current(&flush.positions);
+    if current.len() != flush.positions.len() {
+        flush.records.retain(|r| {
+            current.contains_key(&(r.topic.clone(), r.partition))
+        });
+        flush.positions = current;
+    }
+    flush
+}
+
+impl InFlight {
+    fn start(deliverer: Deliverer, flush: Flush, cancel: CancellationToken) -> Self {
+        let positions = flush.positions.clone();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            let mut deliverer = deliverer;
+            let positions = deliverer.finish(flush, &token).await;
+            (deliverer, positions)
+        });
+        Self {
+            positions,
+            cancel,
+            task,
+        }
+    }
+}
+
+/// Consumer errors in a row; past a while they are reported as unhealthy.
+#[derive(Default)]
+struct ConsumerErrors {
+    since: Option<Instant>,
+    reported: bool,
+}
+
+/// How long consumer errors must go on, with nothing consumed in between,
+/// before they turn the subscription unhealthy (brief broker hiccups do not).
+const CONSUMER_ERRORS_UNHEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+impl ConsumerErrors {
+    /// Counts an error; returns the reason once, when they have lasted too long.
+    fn failed(&mut self, error: &KafkaError) -> Option<String> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.reported || since.elapsed() < CONSUMER_ERRORS_UNHEALTHY_AFTER {
+            return None;
+        }
+        self.reported = true;
+        Some(format!(
+            "the Kafka consumer keeps failing ({error}) for {} s",
+            since.elapsed().as_secs()
+        ))
+    }
+
+    fn cleared(&mut self) {
+        self.since = None;
+        self.reported = false;
+    }
+}
+
+/// Delivers batches: plugins, requests, retries, dead letters, health. It
+/// moves into the task of the batch in flight and back.
+struct Deliverer {
+    id: Uuid,
+    target: Target,
+    health: HealthKeeper,
+    schedule: RetrySchedule,
+    limiter: Option<DefaultDirectRateLimiter>,
+    shared: Arc<Shared>,
+    plugins: Option<PluginStages>,
+    state: StateHandle,
+}
+
+impl Deliverer {
     /// Brings a flushed batch to a final outcome; returns the positions to
-    /// commit, or `None` when stopped first.
-    async fn finish(
-        &mut self,
-        flush: Flush,
-        plugins: &mut PluginStages,
-        stop: &CancellationToken,
-    ) -> Option<Positions> {
+    /// commit, or `None` when stopped (or revoked) first.
+    async fn finish(&mut self, flush: Flush, stop: &CancellationToken) -> Option<Positions> {
         let mut counts = Counts {
             filtered: flush.filtered as i64,
             ..Counts::default()
         };
         if !flush.records.is_empty() {
-            match self.deliver(&flush.records, plugins, stop).await {
+            match self.deliver(&flush.records, stop).await {
                 Ending::Abandoned => return None,
                 Ending::Final(outcome) => {
                     counts.delivered += outcome.delivered;
@@ -315,39 +486,42 @@ impl Pipeline {
     /// the plugins (until they once succeed: their answer is kept across
     /// retries) and sends what they kept; failures are retried per the
     /// schedule, then the batch is dead-lettered.
-    async fn deliver(
-        &mut self,
-        records: &[Record],
-        plugins: &mut PluginStages,
-        stop: &CancellationToken,
-    ) -> Ending {
+    async fn deliver(&mut self, records: &[Record], stop: &CancellationToken) -> Ending {
         let mut retry = 0;
         let mut prepared = None;
-        loop {
+        let mut plugins = self.plugins.take().expect("plugins are set before delivery");
+        let ending = loop {
             if stop.is_cancelled() {
-                return Ending::Abandoned;
+                break Ending::Abandoned;
             }
             let ready = match prepared.take() {
                 Some(ready) => ready,
                 None => match plugins.prepare(records).await {
                     Ok(ready) => ready,
                     Err(failure) => {
-                        if let Some(why) = failure.suspended {
+                        let failure = DeliveryFailure::Plugin {
+                            reason: failure.reason,
+                            suspended: failure.suspended,
+                        };
+                        if let DeliveryFailure::Plugin {
+                            suspended: Some(why),
+                            ..
+                        } = &failure
+                        {
                             self.set_health(
                                 Health::Unhealthy,
-                                Transition::Unhealthy { reason: why },
+                                Transition::Unhealthy {
+                                    reason: why.clone(),
+                                },
                             )
                             .await;
                         }
                         let delivery_id = record::delivery_id(records);
-                        match self
-                            .wait_to_retry(&mut retry, &delivery_id, failure.reason, None, stop)
-                            .await
-                        {
+                        match self.wait_to_retry(&mut retry, &delivery_id, failure, stop).await {
                             Retry::Again => continue,
-                            Retry::Stopped => return Ending::Abandoned,
+                            Retry::Stopped => break Ending::Abandoned,
                             Retry::Exhausted(reason) => {
-                                return self.give_up(records, &delivery_id, &reason, stop).await;
+                                break self.give_up(records, &delivery_id, &reason, stop).await;
                             }
                         }
                     }
@@ -359,12 +533,12 @@ impl Pipeline {
                 ..Counts::default()
             };
             if ready.kept.is_empty() {
-                return Ending::Final(outcome);
+                break Ending::Final(outcome);
             }
             let delivery_id = record::delivery_id(&ready.kept);
             if let Some(limiter) = &self.limiter {
                 tokio::select! {
-                    _ = stop.cancelled() => return Ending::Abandoned,
+                    _ = stop.cancelled() => break Ending::Abandoned,
                     _ = limiter.until_ready() => {}
                 }
             }
@@ -386,27 +560,24 @@ impl Pipeline {
             {
                 tracing::warn!(subscription = %self.id, error = %error, "Could not record the attempt.");
             }
-            let (reason, retry_after) = match attempt.outcome {
+            let failure = match attempt.outcome {
                 Outcome::Delivered => {
                     tracing::debug!(subscription = %self.id, delivery = %delivery_id, messages = ready.kept.len(), "Batch delivered.");
+                    if retry > 0 {
+                        self.state.set(ConsumerState::Running, None);
+                    }
                     self.set_health(Health::Healthy, Transition::Recovered)
                         .await;
                     outcome.delivered = ready.kept.len() as i64;
-                    return Ending::Final(outcome);
+                    break Ending::Final(outcome);
                 }
-                Outcome::Failed {
-                    reason,
-                    retry_after,
-                } => (reason, retry_after),
+                Outcome::Failed(failure) => failure,
             };
-            match self
-                .wait_to_retry(&mut retry, &delivery_id, reason, retry_after, stop)
-                .await
-            {
+            match self.wait_to_retry(&mut retry, &delivery_id, failure, stop).await {
                 Retry::Again => prepared = Some(ready),
-                Retry::Stopped => return Ending::Abandoned,
+                Retry::Stopped => break Ending::Abandoned,
                 Retry::Exhausted(reason) => {
-                    return match self.give_up(&ready.kept, &delivery_id, &reason, stop).await {
+                    break match self.give_up(&ready.kept, &delivery_id, &reason, stop).await {
                         Ending::Final(dead) => {
                             outcome.dead_lettered = dead.dead_lettered;
                             Ending::Final(outcome)
@@ -415,30 +586,36 @@ impl Pipeline {
                     };
                 }
             }
+        };
+        self.plugins = Some(plugins);
+        if retry > 0 && self.state.state() == Some(ConsumerState::Retrying) {
+            self.state.set(ConsumerState::Running, None);
         }
+        ending
     }
 
     /// Counts a failed attempt and waits per the retry schedule, unless the
     /// retries are used up.
     async fn wait_to_retry(
-        &self,
+        &mut self,
         retry: &mut u32,
         delivery_id: &str,
-        reason: String,
-        retry_after: Option<Duration>,
+        failure: DeliveryFailure,
         stop: &CancellationToken,
     ) -> Retry {
         *retry += 1;
         let jitter = rand::rng().random::<f64>();
-        match self.schedule.delay(*retry, retry_after, jitter) {
+        match self.schedule.delay(*retry, failure.retry_after(), jitter) {
             Some(wait) => {
-                tracing::info!(subscription = %self.id, delivery = %delivery_id, retry = *retry, wait_ms = wait.as_millis() as u64, reason = %reason, "Delivery failed; retrying.");
+                tracing::info!(subscription = %self.id, delivery = %delivery_id, retry = *retry, wait_ms = wait.as_millis() as u64, kind = failure.kind(), reason = %failure, "Delivery failed; retrying.");
+                self.state
+                    .set(ConsumerState::Retrying, Some(failure.to_string()));
                 tokio::select! {
                     _ = stop.cancelled() => Retry::Stopped,
                     _ = sleep(wait) => Retry::Again,
                 }
             }
-            None => Retry::Exhausted(format!("{reason} (after {retry} attempts)")),
+            None => Retry::Exhausted(format!("{failure} (after {retry} attempts)")),
         }
     }
 
@@ -450,43 +627,20 @@ impl Pipeline {
         reason: &str,
         stop: &CancellationToken,
     ) -> Ending {
-        match self.dead_letter(records, delivery_id, reason, stop).await {
-            true => Ending::Final(Counts {
-                dead_lettered: records.len() as i64,
-                ..Counts::default()
-            }),
-            false => Ending::Abandoned,
-        }
-    }
-
-    /// Produces the batch to the dead-letter topic, retrying until acknowledged
-    /// (nothing is committed before); false when stopped first.
-    async fn dead_letter(
-        &mut self,
-        records: &[Record],
-        delivery_id: &str,
-        reason: &str,
-        stop: &CancellationToken,
-    ) -> bool {
         let topic = dead_letter::topic_for(self.id);
-        let mut wait = Duration::from_millis(200);
-        loop {
-            match self
-                .shared
-                .dead_letters
-                .publish(&topic, records, delivery_id, reason)
-                .await
-            {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::error!(subscription = %self.id, error = %error, "Could not write to the dead-letter topic; retrying.");
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                }
-            }
+        let written = dead_letter::write_until_acknowledged(
+            &self.shared.dead_letters,
+            &topic,
+            records,
+            delivery_id,
+            reason,
+            stop,
+            &mut self.health,
+            &self.state,
+        )
+        .await;
+        if !written {
+            return Ending::Abandoned;
         }
         tracing::warn!(subscription = %self.id, delivery = %delivery_id, messages = records.len(), topic = %topic, reason, "Batch dead-lettered.");
         let entry = DeadLetter {
@@ -511,74 +665,19 @@ impl Pipeline {
             },
         )
         .await;
-        true
-    }
-
-    /// Records a health transition once (across hosts) and alerts on it; a
-    /// new reason for being unhealthy is recorded without a new alert.
-    async fn set_health(&mut self, health: Health, transition: Transition) {
-        let reason = match &transition {
-            Transition::Unhealthy { reason } => Some(reason.as_str()),
-            Transition::Recovered => None,
-        };
-        if self.health == health && self.reason.as_deref() == reason {
-            return;
-        }
-        self.health = health;
-        self.reason = reason.map(str::to_string);
-        match self
-            .shared
-            .registry
-            .set_health(self.id, health, reason)
-            .await
-        {
-            Ok(true) => {
-                alert(&self.shared.alerter, self.id, &self.spec, &transition).await;
-            }
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(subscription = %self.id, error = %error, "Could not record the health change.")
-            }
-        }
-    }
-
-    async fn commit(&mut self, consumer: &Arc<PipelineConsumer>, positions: Positions) {
-        for (key, offset) in positions {
-            let slot = self.uncommitted.entry(key).or_insert(offset);
-            *slot = (*slot).max(offset);
-        }
-        if self.uncommitted.is_empty() {
-            return;
-        }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.uncommitted {
-            if let Err(error) =
-                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            {
-                tracing::error!(subscription = %self.id, error = %error, "Invalid offset to commit.");
-            }
-        }
-        let consumer = consumer.clone();
-        // A synchronous commit is a broker round trip: keep it off the async workers.
-        let result = off_runtime(COMMIT_TIMEOUT, move || {
-            consumer.commit(&list, CommitMode::Sync)
+        Ending::Final(Counts {
+            dead_lettered: records.len() as i64,
+            ..Counts::default()
         })
-        .await;
-        match result {
-            Some(Ok(())) => self.uncommitted.clear(),
-            Some(Err(error)) => {
-                tracing::warn!(subscription = %self.id, error = %error, "Commit failed; it will be sent again with the next one.")
-            }
-            None => {
-                tracing::warn!(subscription = %self.id, "Commit did not answer in time; it will be sent again with the next one.")
-            }
-        }
+    }
+
+    async fn set_health(&mut self, health: Health, transition: Transition) {
+        self.health.set(health, transition).await;
     }
 }
 
-/// How long a commit may take before the pipeline goes on without it (the
-/// positions stay pending and are sent again with the next commit).
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a pipeline whose commits keep failing tries again.
+const COMMIT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a stopping pipeline waits for its consumer to leave the group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -595,15 +694,4 @@ async fn off_runtime<T: Send + 'static>(
         let _ = done.send(call());
     });
     tokio::time::timeout(timeout, result).await.ok()?.ok()
-}
-
-async fn alert(alerter: &Alerter, id: Uuid, spec: &SubscriptionSpec, transition: &Transition) {
-    alerter
-        .notify(
-            id,
-            spec.name.as_str(),
-            spec.configuration.alerting.as_ref(),
-            transition,
-        )
-        .await;
 }

@@ -143,10 +143,25 @@ pub fn json_body(records: &[Record]) -> Vec<u8> {
 
 /// The id a batch keeps across retries: where it starts.
 pub fn delivery_id(records: &[Record]) -> String {
-    match records.first() {
-        Some(r) => format!("{}-{}-{}", r.topic, r.partition, r.offset),
-        None => "empty".to_string(),
+    use sha2::{Digest, Sha256};
+    // The id names exactly the messages in the request, in order: a receiver
+    // that deduplicates on it never drops a request holding a message it has
+    // not seen (a batch that starts with the same message after a restart but
+    // holds more gets another id).
+    let mut hash = Sha256::new();
+    for r in records {
+        hash.update(r.topic.as_bytes());
+        hash.update([0]);
+        hash.update(r.partition.to_be_bytes());
+        hash.update(r.offset.to_be_bytes());
     }
+    let digest = hash.finalize();
+    let mut id = String::with_capacity(4 + 32);
+    id.push_str("msg_");
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
 }
 
 #[cfg(test)]
@@ -185,7 +200,16 @@ mod tests {
     }
 
     #[test]
-    fn the_delivery_id_names_the_first_message() {
-        assert_eq!(delivery_id(&[record(7, b"x"), record(8, b"y")]), "t-0-7");
+    fn the_delivery_id_names_exactly_the_messages_of_the_request() {
+        let batch = delivery_id(&[record(7, b"x"), record(8, b"y")]);
+        assert!(batch.starts_with("msg_") && batch.len() == 36, "{batch}");
+        // The same messages: the same id, whatever the values (a retry).
+        assert_eq!(batch, delivery_id(&[record(7, b"z"), record(8, b"w")]));
+        // Same first message, one more after it (a larger batch after a restart).
+        assert_ne!(
+            batch,
+            delivery_id(&[record(7, b"x"), record(8, b"y"), record(9, b"z")])
+        );
+        assert_ne!(batch, delivery_id(&[record(7, b"x")]));
     }
 }

@@ -17,6 +17,7 @@ use crate::egress::{DestinationPolicy, GuardedResolver, RefusedResolution};
 use crate::registry::ApiCall;
 use crate::signing::{PreviousSecret, SigningSecret, signature_header};
 
+use super::failure::DeliveryFailure;
 use super::retry::parse_retry_after;
 
 /// How much of a response body the activity log keeps.
@@ -35,10 +36,7 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Delivered,
-    Failed {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
+    Failed(DeliveryFailure),
 }
 
 #[derive(Debug)]
@@ -132,7 +130,11 @@ impl Sender {
 
         // The client never resolves an IP literal, so its resolver cannot judge it.
         if let Err(refused) = self.destinations.check_url(&target.url) {
-            return failed(refused.to_string(), request_line, request_headers);
+            return failed(
+                DeliveryFailure::Refused(refused.to_string()),
+                request_line,
+                request_headers,
+            );
         }
 
         let _permit = self
@@ -174,10 +176,10 @@ impl Sender {
                 let outcome = if status.is_success() {
                     Outcome::Delivered
                 } else {
-                    Outcome::Failed {
-                        reason: format!("the webhook answered {status}"),
+                    Outcome::Failed(DeliveryFailure::Status {
+                        status,
                         retry_after,
-                    }
+                    })
                 };
                 Attempt {
                     outcome,
@@ -195,44 +197,41 @@ impl Sender {
 }
 
 /// An attempt that got no answer: `reason` is also the entry's response body.
-fn failed(reason: String, request: String, request_headers: Vec<String>) -> Attempt {
+fn failed(failure: DeliveryFailure, request: String, request_headers: Vec<String>) -> Attempt {
+    let text = failure.to_string();
     Attempt {
-        outcome: Outcome::Failed {
-            reason: reason.clone(),
-            retry_after: None,
-        },
+        outcome: Outcome::Failed(failure),
         call: ApiCall {
             request,
             request_headers,
             response_code: 0,
-            response_body: reason,
+            response_body: text,
             response_headers: vec![],
         },
     }
 }
 
-fn describe(error: &reqwest::Error) -> String {
+fn describe(error: &reqwest::Error) -> DeliveryFailure {
     // A refused destination is the guard's decision, not a network failure:
     // its own words say what was refused and how to allow it.
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(refused) = cause.downcast_ref::<RefusedResolution>() {
-            return refused.to_string();
+            return DeliveryFailure::Refused(refused.to_string());
         }
         source = cause.source();
     }
-    let kind = if error.is_timeout() {
-        "the webhook did not answer in time"
-    } else if error.is_connect() {
-        "could not connect to the webhook"
-    } else {
-        "the request to the webhook failed"
-    };
-    let mut text = format!("{kind}: {error}");
+    let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    text
+    if error.is_timeout() {
+        DeliveryFailure::Timeout(text)
+    } else if error.is_connect() {
+        DeliveryFailure::Connect(text)
+    } else {
+        DeliveryFailure::Request(text)
+    }
 }

@@ -2,8 +2,10 @@
 //! platform is online, and none while it is offline.
 //!
 //! It reconciles the running set with the registry whenever the local API
-//! changes something (a `Notify`) and every `reconcile_interval` (to see changes
-//! made through other hosts). A pipeline whose subscription changed is stopped
+//! changes something (a `Notify`), whenever another host does (PostgreSQL
+//! LISTEN/NOTIFY, see [`crate::registry`]'s change notifications), and every
+//! `reconcile_interval` as a fallback; the fallback reads only ids and
+//! revisions, and the full rows only when those changed. A pipeline whose subscription changed is stopped
 //! and started again with the new spec, in the same consumer group, so it goes
 //! on from the committed position. A pipeline that ended by itself (an error) is
 //! restarted at the next reconcile.
@@ -21,8 +23,9 @@ use super::alert::Alerter;
 use super::dead_letter::DeadLetters;
 use super::pipeline::{Pipeline, Shared};
 use super::sender::Sender;
+use super::state::ConsumerStates;
 use crate::config::Settings;
-use crate::registry::{PlatformStatus, Registry, StoredSubscription};
+use crate::registry::{Fingerprint, PlatformStatus, Registry, StoredSubscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -44,6 +47,8 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     changes: Arc<Notify>,
     running: HashMap<Uuid, Running>,
+    /// What the running set was last reconciled against.
+    seen: Option<Fingerprint>,
 }
 
 impl Supervisor {
@@ -52,6 +57,7 @@ impl Supervisor {
         changes: Arc<Notify>,
         settings: &Settings,
         engine: crate::plugin::PluginEngine,
+        states: ConsumerStates,
     ) -> Result<Self, SupervisorError> {
         let delivery = settings.delivery.clone();
         let shared = Shared {
@@ -66,23 +72,29 @@ impl Supervisor {
             brokers: settings.kafka_brokers.clone(),
             settings: delivery,
             engine,
+            states,
         };
         Ok(Self {
             shared: Arc::new(shared),
             changes,
             running: HashMap::new(),
+            seen: None,
         })
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
         let interval = self.shared.settings.reconcile_interval;
+        self.shared
+            .registry
+            .listen_for_changes(self.changes.clone(), stop.clone());
+        let mut notified = true;
         loop {
-            self.reconcile().await;
-            tokio::select! {
+            self.reconcile(notified).await;
+            notified = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = self.changes.notified() => {}
-                _ = tokio::time::sleep(interval) => {}
-            }
+                _ = self.changes.notified() => true,
+                _ = tokio::time::sleep(interval) => false,
+            };
         }
         let grace = self.shared.settings.shutdown_grace;
         let ids: Vec<Uuid> = self.running.keys().copied().collect();
@@ -90,7 +102,21 @@ impl Supervisor {
         tracing::info!("Delivery stopped.");
     }
 
-    async fn reconcile(&mut self) {
+    /// Brings the running set in line with the registry. Unless told of a
+    /// change (`notified`), it first compares the cheap fingerprint and stops
+    /// there when nothing changed and no pipeline ended.
+    async fn reconcile(&mut self, notified: bool) {
+        let fingerprint = match self.shared.registry.fingerprint().await {
+            Ok(fingerprint) => Some(fingerprint),
+            Err(error) => {
+                tracing::warn!(error = %error, "Could not read the registry's revisions.");
+                None
+            }
+        };
+        let any_ended = self.running.values().any(|r| r.task.is_finished());
+        if !notified && !any_ended && fingerprint.is_some() && fingerprint == self.seen {
+            return;
+        }
         let desired = match self.desired().await {
             Ok(desired) => desired,
             Err(error) => {
@@ -112,11 +138,18 @@ impl Supervisor {
         // An outdated pipeline must leave its group before its successor joins.
         self.stop_all(&outdated, self.shared.settings.shutdown_grace)
             .await;
+        // A pipeline no longer wanted here has nothing left to show.
+        for id in &outdated {
+            if !desired.contains_key(id) {
+                self.shared.states.remove(*id);
+            }
+        }
         for (id, subscription) in desired {
             if !self.running.contains_key(&id) {
                 self.start(subscription);
             }
         }
+        self.seen = fingerprint;
     }
 
     /// The subscriptions that should be delivering now, by id.

@@ -14,6 +14,7 @@
 mod access;
 mod activity;
 mod admin;
+mod changes;
 pub mod page;
 mod plugins;
 mod subscriptions;
@@ -30,6 +31,7 @@ pub use access::{CONFIGURED_ADMIN_LABEL, StoredTenant, StoredToken};
 
 pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
 pub use admin::{AdminState, PlatformStatus};
+pub use changes::Fingerprint;
 pub use page::{Cursor, Listing, Page};
 pub use plugins::{NewPlugin, PluginOwner, StoredPlugin};
 pub use subscriptions::{Counts, Health, StoredSubscription};
@@ -96,6 +98,9 @@ impl DatabaseKind {
 pub struct Registry {
     pool: AnyPool,
     kind: DatabaseKind,
+    /// Where it is, for connections outside the pool (LISTEN). Never shown:
+    /// it may hold a password.
+    url: Arc<str>,
     /// Seals and opens stored secrets; `None` when opened with [`Registry::open`]
     /// (migrations, tools), which then cannot read or write them.
     key: Option<Arc<SecretKey>>,
@@ -161,6 +166,7 @@ impl Registry {
         let registry = Self {
             pool,
             kind,
+            url: url.into(),
             key: None,
         };
         registry.ensure_admin_state().await?;

@@ -525,6 +525,23 @@ impl Receiver {
 }
 
 /// The (topic, partition, offset) of delivered messages, to compare with what was produced.
+/// The `webhook-id` of a request holding `messages`, as the README defines
+/// it: `msg_` and the first 16 bytes, in hex, of the SHA-256 of each element's
+/// topic, a zero byte, its partition (4 bytes) and offset (8 bytes, both big-endian).
+pub fn webhook_id_of(messages: &[Value]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for message in messages {
+        hash.update(message["topic"].as_str().expect("topic").as_bytes());
+        hash.update([0]);
+        hash.update((message["partition"].as_i64().expect("partition") as i32).to_be_bytes());
+        hash.update(message["offset"].as_i64().expect("offset").to_be_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
 pub fn positions(messages: &[Value]) -> Vec<(String, i64, i64)> {
     messages
         .iter()
