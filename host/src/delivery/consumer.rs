@@ -132,7 +132,9 @@ impl PipelineContext {
 
 impl ClientContext for PipelineContext {
     fn stats(&self, statistics: Statistics) {
-        self.state.record_lag(&statistics);
+        let ownership = self.ownership();
+        self.state
+            .record_lag(&statistics, |key| ownership.epoch(key).is_some());
     }
 }
 
@@ -150,7 +152,9 @@ impl ConsumerContext for PipelineContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                self.ownership().assign(keys(partitions));
+                let assigned = keys(partitions);
+                self.state.assigned(&assigned);
+                self.ownership().assign(assigned);
                 if self.paused.load(Ordering::SeqCst)
                     && let Err(error) = consumer.pause(partitions)
                 {

@@ -70,9 +70,6 @@ mod tests {
             "the webhook answered 503 Service Unavailable"
         );
         assert_eq!(failure.retry_after(), Some(Duration::from_secs(3)));
-        assert_eq!(
-            DeliveryFailure::Timeout("x".into()).retry_after(),
-            None
-        );
+        assert_eq!(DeliveryFailure::Timeout("x".into()).retry_after(), None);
     }
 }

@@ -39,12 +39,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::alert::{Alerter, Transition};
-use super::health::HealthKeeper;
 use super::batcher::{Batcher, Flush, Positions};
 use super::consumer::{self, COMMIT_FAILURES_BEFORE_PAUSE, PipelineConsumer, PipelineContext};
 use super::dead_letter::{self, DeadLetters};
 use super::failure::DeliveryFailure;
 use super::filter::SourceFilters;
+use super::health::HealthKeeper;
 use super::plugins::PluginStages;
 use super::record::{self, Record};
 use super::retry::RetrySchedule;
@@ -388,9 +388,9 @@ fn keep_owned(mut flush: Flush, context: &PipelineContext) -> Flush {
     let ownership = context.ownership();
     let current = ownership.current(&flush.positions);
     if current.len() != flush.positions.len() {
-        flush.records.retain(|r| {
-            current.contains_key(&(r.topic.clone(), r.partition))
-        });
+        flush
+            .records
+            .retain(|r| current.contains_key(&(r.topic.clone(), r.partition)));
         flush.positions = current;
     }
     flush
@@ -489,7 +489,10 @@ impl Deliverer {
     async fn deliver(&mut self, records: &[Record], stop: &CancellationToken) -> Ending {
         let mut retry = 0;
         let mut prepared = None;
-        let mut plugins = self.plugins.take().expect("plugins are set before delivery");
+        let mut plugins = self
+            .plugins
+            .take()
+            .expect("plugins are set before delivery");
         let ending = loop {
             if stop.is_cancelled() {
                 break Ending::Abandoned;
@@ -517,7 +520,10 @@ impl Deliverer {
                             .await;
                         }
                         let delivery_id = record::delivery_id(records);
-                        match self.wait_to_retry(&mut retry, &delivery_id, failure, stop).await {
+                        match self
+                            .wait_to_retry(&mut retry, &delivery_id, failure, stop)
+                            .await
+                        {
                             Retry::Again => continue,
                             Retry::Stopped => break Ending::Abandoned,
                             Retry::Exhausted(reason) => {
@@ -573,7 +579,10 @@ impl Deliverer {
                 }
                 Outcome::Failed(failure) => failure,
             };
-            match self.wait_to_retry(&mut retry, &delivery_id, failure, stop).await {
+            match self
+                .wait_to_retry(&mut retry, &delivery_id, failure, stop)
+                .await
+            {
                 Retry::Again => prepared = Some(ready),
                 Retry::Stopped => break Ending::Abandoned,
                 Retry::Exhausted(reason) => {

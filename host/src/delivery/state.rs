@@ -142,20 +142,42 @@ impl StateHandle {
         });
     }
 
-    /// Takes the lag of every partition the consumer fetches from the statistics.
-    pub fn record_lag(&self, statistics: &Statistics) {
-        let lags = lags_of(statistics);
-        self.states.update(self.subscription, |view| view.lags = lags);
+    /// Shows newly assigned partitions at once, their lag unknown (-1) until
+    /// the next statistics.
+    pub fn assigned(&self, partitions: &[PartitionKey]) {
+        self.states.update(self.subscription, |view| {
+            for (topic, partition) in partitions {
+                view.lags
+                    .entry((topic.clone(), *partition))
+                    .or_insert_with(|| PartitionLag {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        lag: -1,
+                        committed_offset: -1,
+                        high_watermark: -1,
+                    });
+            }
+        });
+    }
+
+    /// Takes the lag of every partition `owned` says the consumer owns from
+    /// librdkafka's statistics (which list every partition it knows of).
+    pub fn record_lag(&self, statistics: &Statistics, owned: impl Fn(&PartitionKey) -> bool) {
+        let lags = lags_of(statistics, owned);
+        self.states
+            .update(self.subscription, |view| view.lags = lags);
     }
 }
 
-/// The lag of each partition being fetched (librdkafka's statistics list
-/// every partition it knows, with a fetch state of "none" when not assigned).
-fn lags_of(statistics: &Statistics) -> BTreeMap<PartitionKey, PartitionLag> {
+/// The lag of each owned partition in the statistics.
+fn lags_of(
+    statistics: &Statistics,
+    owned: impl Fn(&PartitionKey) -> bool,
+) -> BTreeMap<PartitionKey, PartitionLag> {
     let mut lags = BTreeMap::new();
     for (name, topic) in &statistics.topics {
         for (number, partition) in &topic.partitions {
-            if *number < 0 || partition.fetch_state == "none" || !partition.desired {
+            if *number < 0 || !owned(&(name.clone(), *number)) {
                 continue;
             }
             lags.insert(
@@ -186,7 +208,10 @@ mod tests {
         let since = states.get(id).unwrap().since;
         handle.set(ConsumerState::Running, None);
         assert_eq!(states.get(id).unwrap().since, since);
-        handle.set(ConsumerState::Retrying, Some("the webhook answered 500".into()));
+        handle.set(
+            ConsumerState::Retrying,
+            Some("the webhook answered 500".into()),
+        );
         let view = states.get(id).unwrap();
         assert_eq!(view.state, ConsumerState::Retrying);
         assert_eq!(view.host, "host-a");
@@ -196,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn lag_is_read_from_librdkafka_statistics_for_fetched_partitions_only() {
+    fn lag_is_read_from_librdkafka_statistics_for_owned_partitions_only() {
         let window = r#"{"min":0,"max":0,"avg":0,"sum":0,"stddev":0,"p50":0,"p75":0,"p90":0,"p95":0,"p99":0,"p99_99":0,"outofrange":0,"hdrsize":0,"cnt":0}"#;
         let text = format!(
             r#"{{"name": "c", "client_id": "c", "type": "consumer", "ts": 0, "time": 0,
@@ -212,7 +237,7 @@ mod tests {
             partition(-1, "none", 0)
         );
         let statistics: Statistics = serde_json::from_str(&text).expect("statistics parse");
-        let lags = lags_of(&statistics);
+        let lags = lags_of(&statistics, |(_, partition)| *partition == 0);
         assert_eq!(lags.len(), 1);
         assert_eq!(lags[&("orders".to_string(), 0)].lag, 7);
     }

@@ -13,15 +13,15 @@ use crate::helpers::{
     BinaryApp, Db, SmtpServer, System, positions, produce, subscription, webhook_id_of,
 };
 
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
-fn values(range: std::ops::Range<i64>) -> Vec<Value> {
+pub(crate) fn values(range: std::ops::Range<i64>) -> Vec<Value> {
     range.map(|n| json!({"n": n})).collect()
 }
 
 /// Asserts that, per partition, offsets arrive in increasing order once
 /// repeats (redeliveries of a whole batch) are set aside.
-fn assert_ordered_per_partition(messages: &[Value]) {
+pub(crate) fn assert_ordered_per_partition(messages: &[Value]) {
     let mut last: BTreeMap<(String, i64), i64> = BTreeMap::new();
     let mut seen = HashSet::new();
     for (topic, partition, offset) in positions(messages) {
@@ -38,7 +38,12 @@ fn assert_ordered_per_partition(messages: &[Value]) {
 }
 
 /// Asserts that every offset below `per_partition` of each partition of `topic` was delivered.
-fn assert_none_missing(messages: &[Value], topic: &str, partitions: i64, per_partition: i64) {
+pub(crate) fn assert_none_missing(
+    messages: &[Value],
+    topic: &str,
+    partitions: i64,
+    per_partition: i64,
+) {
     let (set, _) = distinct(messages);
     let missing: Vec<(i64, i64)> = (0..partitions)
         .flat_map(|p| (0..per_partition).map(move |o| (p, o)))
@@ -51,7 +56,7 @@ fn assert_none_missing(messages: &[Value], topic: &str, partitions: i64, per_par
 }
 
 /// The distinct (topic, partition, offset) delivered, and how many repeats.
-fn distinct(messages: &[Value]) -> (HashSet<(String, i64, i64)>, usize) {
+pub(crate) fn distinct(messages: &[Value]) -> (HashSet<(String, i64, i64)>, usize) {
     let all = positions(messages);
     let set: HashSet<_> = all.iter().cloned().collect();
     let repeats = all.len() - set.len();

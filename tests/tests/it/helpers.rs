@@ -710,17 +710,38 @@ pub struct BinaryApp {
 
 impl BinaryApp {
     pub async fn spawn(database_url: &str, brokers: &str) -> Self {
+        Self::spawn_with(database_url, brokers, &[]).await
+    }
+
+    /// As [`BinaryApp::spawn`], with more flags (a later flag overrides an earlier one).
+    pub async fn spawn_with(database_url: &str, brokers: &str, extra: &[&str]) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(binary_path())
-            .args(["wasmhook", "--listen", "127.0.0.1:0"])
-            .args(["--database-url", database_url])
-            .args(["--kafka-brokers", brokers])
-            .args(["--retry-base-delay", "50ms", "--retry-max-delay", "400ms"])
-            .args(["--retry-fixed-delay", "200ms"])
-            .args(["--reconcile-interval", "500ms"])
-            .args(["--admin-token", ADMIN_TOKEN])
+        let mut command = tokio::process::Command::new(binary_path());
+        // PostgreSQL has no key file beside it: every host gets the database's key.
+        if let Some(key) = postgres_secret_key(database_url) {
+            command.env("WASMHOOK_SECRET_KEY", key.to_base64());
+        }
+        let defaults = [
+            ("--listen", "127.0.0.1:0"),
+            ("--database-url", database_url),
+            ("--kafka-brokers", brokers),
+            ("--retry-base-delay", "50ms"),
+            ("--retry-max-delay", "400ms"),
+            ("--retry-fixed-delay", "200ms"),
+            ("--reconcile-interval", "500ms"),
+            ("--admin-token", ADMIN_TOKEN),
             // Real brokers as far as it knows: loopback must be allowed explicitly.
-            .args(["--allowed-destinations", "127.0.0.0/8,::1/128"])
+            ("--allowed-destinations", "127.0.0.0/8,::1/128"),
+        ];
+        command.arg("wasmhook");
+        for (flag, value) in defaults {
+            // A flag given in `extra` replaces its default (clap takes each once).
+            if !extra.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
+        let mut child = command
+            .args(extra)
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -760,6 +781,97 @@ impl BinaryApp {
     /// SIGKILL: no shutdown path runs, nothing is flushed or committed.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL");
+    }
+
+    /// SIGTERM, as a service manager stops it, and waits for the exit.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("the process is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM delivered");
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("wasmhook exits within 60 s of SIGTERM")
+            .expect("wait for wasmhook");
+        assert!(status.success(), "a graceful stop exits 0, not {status}");
+    }
+
+    /// An API client for this process, as the admin.
+    pub fn caller(&self) -> HostCaller {
+        HostCaller {
+            base: self.address.clone(),
+            client: authed_client(ADMIN_TOKEN),
+        }
+    }
+}
+
+/// Calls one host's API.
+#[derive(Clone)]
+pub struct HostCaller {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl HostCaller {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the host answers");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// Flips the admin switch through this host.
+    pub async fn set_platform(&self, status: &str, message: &str) {
+        let (code, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/1/EventNotificationAdmin",
+                Some(&json!({"status": status, "offline_message": message})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+
+    /// This host's consumer of subscription `id` (null when none runs here).
+    pub async fn consumer(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/1/Subscription/{id}/Status")).await;
+        assert_eq!(status, 200, "{body}");
+        body["consumer"].clone()
+    }
+
+    /// The partitions this host's consumer of `id` owns.
+    pub async fn partitions(&self, id: &str) -> Vec<i64> {
+        let consumer = self.consumer(id).await;
+        consumer["partitions"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|p| p["partition"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

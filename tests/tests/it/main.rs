@@ -8,6 +8,7 @@ mod delivery;
 mod fuzz;
 mod hardening;
 mod helpers;
+mod hosts;
 mod plugin_runtime;
 mod plugins;
 mod sandbox;
