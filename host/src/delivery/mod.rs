@@ -13,7 +13,7 @@
 //!   mean for each message; a plugin failure fails the attempt.
 //! - [`sender`]: one webhook request, signed, with its activity record.
 //! - [`dead_letter`]: exhausted batches to a Kafka topic per subscription.
-//! - [`alert`]: email on health transitions, rate limited.
+//! - [`alert`]: email or signed webhook on health transitions, rate limited, off the delivery path.
 //!
 //! Semantics (docs/ARCHITECTURE.md): at-least-once; an offset is committed
 //! only after its batch reached a final outcome (delivered, filtered out,

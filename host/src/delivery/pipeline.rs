@@ -533,7 +533,13 @@ impl Pipeline {
             .await
         {
             Ok(true) => {
-                alert(&self.shared.alerter, self.id, &self.spec, &transition).await;
+                alert(
+                    &self.shared.alerter,
+                    self.id,
+                    &self.spec,
+                    &self.target,
+                    &transition,
+                );
             }
             Ok(false) => {}
             Err(error) => {
@@ -597,13 +603,20 @@ async fn off_runtime<T: Send + 'static>(
     tokio::time::timeout(timeout, result).await.ok()?.ok()
 }
 
-async fn alert(alerter: &Alerter, id: Uuid, spec: &SubscriptionSpec, transition: &Transition) {
-    alerter
-        .notify(
-            id,
-            spec.name.as_str(),
-            spec.configuration.alerting.as_ref(),
-            transition,
-        )
-        .await;
+/// Queues the alert (never waits): webhook alerts are signed as deliveries are.
+fn alert(
+    alerter: &Alerter,
+    id: Uuid,
+    spec: &SubscriptionSpec,
+    target: &Target,
+    transition: &Transition,
+) {
+    alerter.notify(
+        id,
+        spec.name.as_str(),
+        spec.configuration.alerting.as_ref(),
+        transition,
+        &target.secret,
+        target.previous_secret.as_ref(),
+    );
 }
