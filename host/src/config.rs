@@ -109,13 +109,18 @@ pub struct Cli {
     #[arg(long, env = "WASMHOOK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
-    /// SMTP server for alert emails (host). Unset: alerts are only logged.
+    /// SMTP server for alert emails (host). Unset: alerts by email are only logged.
     #[arg(long, env = "WASMHOOK_SMTP_HOST", global = true)]
     pub smtp_host: Option<String>,
 
-    /// SMTP port (plain SMTP, no TLS; put a relay in front for TLS).
-    #[arg(long, env = "WASMHOOK_SMTP_PORT", default_value_t = 25, global = true)]
-    pub smtp_port: u16,
+    /// How the SMTP connection is secured: none (plain SMTP, for a relay on a
+    /// trusted network), starttls (required upgrade) or tls (implicit TLS, SMTPS).
+    #[arg(long, env = "WASMHOOK_SMTP_TLS", value_enum, default_value_t = SmtpTls::Starttls, global = true)]
+    pub smtp_tls: SmtpTls,
+
+    /// SMTP port. Default: 25 with --smtp-tls none, 587 with starttls, 465 with tls.
+    #[arg(long, env = "WASMHOOK_SMTP_PORT", global = true)]
+    pub smtp_port: Option<u16>,
 
     /// Sender address of alert emails.
     #[arg(
@@ -125,6 +130,29 @@ pub struct Cli {
         global = true
     )]
     pub smtp_from: String,
+
+    /// User to authenticate to the SMTP server as; its password comes from
+    /// WASMHOOK_SMTP_PASSWORD or --smtp-password-file.
+    #[arg(long, env = "WASMHOOK_SMTP_USER", global = true)]
+    pub smtp_user: Option<String>,
+
+    /// The SMTP password (prefer the environment variable or a file to a flag).
+    #[arg(long, env = "WASMHOOK_SMTP_PASSWORD", hide_env_values = true, value_parser = hidden_text, conflicts_with = "smtp_password_file", requires = "smtp_user", global = true)]
+    pub smtp_password: Option<HiddenText>,
+
+    /// File holding the SMTP password (a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "WASMHOOK_SMTP_PASSWORD_FILE",
+        requires = "smtp_user",
+        global = true
+    )]
+    pub smtp_password_file: Option<PathBuf>,
+
+    /// PEM file of certificate authorities to trust for the SMTP server,
+    /// besides the public ones (a private CA, or the server's own certificate).
+    #[arg(long, env = "WASMHOOK_SMTP_CA_FILE", global = true)]
+    pub smtp_ca_file: Option<PathBuf>,
 
     /// Default CPU time one plugin entry (instantiation, `init`, one batch)
     /// may use; a plugin may ask for more at upload, up to --plugin-max-cpu-deadline.
@@ -205,7 +233,8 @@ pub struct Cli {
     )]
     pub max_concurrent_requests: usize,
 
-    /// Fewest time between two alert emails about one subscription.
+    /// Shortest time between two "unhealthy" alerts about one subscription;
+    /// repeats within it are folded into the next alert. Recoveries are always told.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
     pub alert_interval: Duration,
 
@@ -479,11 +508,68 @@ impl Default for DeliverySettings {
     }
 }
 
+/// The SMTP server alert emails go through. Its `Debug` masks the password.
 #[derive(Debug, Clone)]
 pub struct SmtpSettings {
     pub host: String,
     pub port: u16,
     pub from: String,
+    pub tls: SmtpTls,
+    pub credentials: Option<SmtpCredentials>,
+    /// Extra trusted certificate authorities (PEM), besides the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl SmtpSettings {
+    /// Plain SMTP without authentication, on `host:port`.
+    pub fn plain(host: impl Into<String>, port: u16, from: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            from: from.into(),
+            tls: SmtpTls::None,
+            credentials: None,
+            ca_file: None,
+        }
+    }
+}
+
+/// How the connection to the SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SmtpTls {
+    /// Plain SMTP: for a relay on a trusted network only.
+    None,
+    /// Plain, then upgraded with STARTTLS, which the server must offer.
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+}
+
+impl SmtpTls {
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
+}
+
+/// Who alert emails are sent as.
+#[derive(Debug, Clone)]
+pub struct SmtpCredentials {
+    pub user: String,
+    /// `None`: a user without a password, which start-up refuses.
+    pub password: Option<SmtpPassword>,
+}
+
+/// Where the SMTP password comes from; read at start-up.
+#[derive(Debug, Clone)]
+pub enum SmtpPassword {
+    /// `WASMHOOK_SMTP_PASSWORD` (or the flag).
+    Text(HiddenText),
+    /// `--smtp-password-file`.
+    File(PathBuf),
 }
 
 impl Cli {
@@ -555,8 +641,18 @@ impl Cli {
             },
             smtp: self.smtp_host.as_ref().map(|host| SmtpSettings {
                 host: host.clone(),
-                port: self.smtp_port,
+                port: self.smtp_port.unwrap_or(self.smtp_tls.default_port()),
                 from: self.smtp_from.clone(),
+                tls: self.smtp_tls,
+                credentials: self.smtp_user.as_ref().map(|user| SmtpCredentials {
+                    user: user.clone(),
+                    password: match (&self.smtp_password, &self.smtp_password_file) {
+                        (Some(text), _) => Some(SmtpPassword::Text(text.clone())),
+                        (None, Some(path)) => Some(SmtpPassword::File(path.clone())),
+                        (None, None) => None,
+                    },
+                }),
+                ca_file: self.smtp_ca_file.clone(),
             }),
             admin_token: self.admin_token.clone(),
             server: ServerSettings {
@@ -634,6 +730,69 @@ mod tests {
             Cli::try_parse_from(["wasmhook", "--secret-key", "x", "--secret-key-file", "/k"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn smtp_defaults_to_starttls_on_587_and_the_password_is_never_shown() {
+        let cli = Cli::try_parse_from(["wasmhook", "--smtp-host", "mail.example"]).unwrap();
+        let smtp = cli.settings("b".into()).smtp.unwrap();
+        assert_eq!((smtp.tls, smtp.port), (SmtpTls::Starttls, 587));
+        assert!(smtp.credentials.is_none());
+        let cli = Cli::try_parse_from([
+            "wasmhook",
+            "--smtp-host",
+            "mail.example",
+            "--smtp-tls",
+            "tls",
+            "--smtp-user",
+            "alerts",
+            "--smtp-password",
+            "hunter2",
+        ])
+        .unwrap();
+        let settings = cli.settings("b".into());
+        let smtp = settings.smtp.as_ref().unwrap();
+        assert_eq!((smtp.tls, smtp.port), (SmtpTls::Tls, 465));
+        let credentials = smtp.credentials.as_ref().unwrap();
+        assert_eq!(credentials.user, "alerts");
+        assert!(matches!(
+            &credentials.password,
+            Some(SmtpPassword::Text(text)) if text.0 == "hunter2"
+        ));
+        assert!(!format!("{settings:?}").contains("hunter2"));
+        let cli = Cli::try_parse_from([
+            "wasmhook",
+            "--smtp-host",
+            "m",
+            "--smtp-tls",
+            "none",
+            "--smtp-user",
+            "u",
+            "--smtp-password-file",
+            "/run/secrets/smtp",
+        ])
+        .unwrap();
+        let smtp = cli.settings("b".into()).smtp.unwrap();
+        assert_eq!(smtp.port, 25);
+        assert!(matches!(
+            smtp.credentials.unwrap().password,
+            Some(SmtpPassword::File(_))
+        ));
+        // A password is for a user, and comes from one place.
+        assert!(Cli::try_parse_from(["wasmhook", "--smtp-password", "p"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "wasmhook",
+                "--smtp-user",
+                "u",
+                "--smtp-password",
+                "p",
+                "--smtp-password-file",
+                "/f"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["wasmhook", "--smtp-tls", "ssl"]).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::json::ApiJson;
 use super::{AppState, ListQuery, paged, parse_id};
 use crate::api::ApiError;
 use crate::domain::{
-    FieldError, PluginAttachment, SubscriptionRequest, SubscriptionSpec, ValidationErrors,
+    Alerting, FieldError, PluginAttachment, SubscriptionRequest, SubscriptionSpec, ValidationErrors,
 };
 use crate::plugin::PluginError;
 use crate::plugin::loader::{AttachmentError, instantiate};
@@ -70,17 +70,26 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Refuses a webhook URL whose host is an IP literal the SSRF guard refuses.
-/// A name is accepted: what it resolves to is checked on every delivery.
+/// Refuses a webhook URL, or a webhook alert channel's URL, whose host is an
+/// IP literal the SSRF guard refuses. A name is accepted: what it resolves to
+/// is checked on every request.
 fn check_destination(state: &AppState, spec: &SubscriptionSpec) -> Result<(), ApiError> {
-    let url = spec.destination.webhook.url.url();
-    state
-        .destinations
-        .check_url(url)
-        .map_err(|refused| ApiError::InvalidField {
-            field: "destination.webhook.url".into(),
-            message: refused.to_string(),
-        })
+    let alert_url = match &spec.configuration.alerting {
+        Some(Alerting::Webhook { alert_url }) => Some(alert_url),
+        _ => None,
+    };
+    let urls = std::iter::once(("destination.webhook.url", &spec.destination.webhook.url))
+        .chain(alert_url.map(|url| ("configuration.alerting.alert_url", url)));
+    for (field, url) in urls {
+        state
+            .destinations
+            .check_url(url.url())
+            .map_err(|refused| ApiError::InvalidField {
+                field: field.into(),
+                message: refused.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 /// Checks that every attached plugin is uploaded, has the role it is attached

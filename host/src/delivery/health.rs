@@ -10,6 +10,7 @@ use super::alert::Transition;
 use super::pipeline::Shared;
 use crate::domain::SubscriptionSpec;
 use crate::registry::{Health, StoredSubscription};
+use crate::signing::{PreviousSecret, SigningSecret};
 
 pub struct HealthKeeper {
     id: Uuid,
@@ -18,6 +19,8 @@ pub struct HealthKeeper {
     health: Health,
     /// Why it is unhealthy, as last recorded by this pipeline.
     reason: Option<String>,
+    secret: SigningSecret,
+    previous_secret: Option<PreviousSecret>,
 }
 
 impl HealthKeeper {
@@ -28,6 +31,8 @@ impl HealthKeeper {
             shared,
             health: stored.health,
             reason: stored.status_reason.clone(),
+            secret: stored.signing_secret.clone(),
+            previous_secret: stored.previous_secret.clone(),
         }
     }
 
@@ -48,15 +53,16 @@ impl HealthKeeper {
             .await
         {
             Ok(true) => {
-                self.shared
-                    .alerter
-                    .notify(
-                        self.id,
-                        self.spec.name.as_str(),
-                        self.spec.configuration.alerting.as_ref(),
-                        &transition,
-                    )
-                    .await;
+                // Queued, never waited on: webhook alerts are signed as
+                // deliveries are, with the subscription's secrets.
+                self.shared.alerter.notify(
+                    self.id,
+                    self.spec.name.as_str(),
+                    self.spec.configuration.alerting.as_ref(),
+                    &transition,
+                    &self.secret,
+                    self.previous_secret.as_ref(),
+                );
             }
             Ok(false) => {}
             Err(error) => {

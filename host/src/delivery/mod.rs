@@ -19,7 +19,7 @@
 //! - [`sender`]: one webhook request, signed, with its activity record.
 //! - [`dead_letter`]: exhausted batches to a Kafka topic per subscription.
 //! - [`health`]: health transitions, recorded once across hosts, alerted on.
-//! - [`alert`]: email on health transitions, rate limited.
+//! - [`alert`]: email or signed webhook on health transitions, rate limited, off the delivery path.
 //!
 //! Semantics (docs/ARCHITECTURE.md): at-least-once; an offset is committed
 //! only after its batch reached a final outcome (delivered, filtered out,

@@ -60,15 +60,20 @@ impl Supervisor {
         states: ConsumerStates,
     ) -> Result<Self, SupervisorError> {
         let delivery = settings.delivery.clone();
+        let sender = Sender::new(
+            delivery.request_timeout,
+            delivery.max_concurrent_deliveries,
+            delivery.destinations.clone(),
+        )?;
         let shared = Shared {
             registry,
-            sender: Sender::new(
-                delivery.request_timeout,
-                delivery.max_concurrent_deliveries,
-                delivery.destinations.clone(),
+            alerter: Alerter::new(
+                settings.smtp.as_ref(),
+                delivery.alert_interval,
+                sender.clone(),
             )?,
+            sender,
             dead_letters: DeadLetters::new(&settings.kafka_brokers)?,
-            alerter: Alerter::new(settings.smtp.as_ref(), delivery.alert_interval)?,
             brokers: settings.kafka_brokers.clone(),
             settings: delivery,
             engine,

@@ -140,8 +140,8 @@ wire_enum!(
     RetryAlgorithm { ExponentialBackoff => "exponential_backoff", FixedTime => "fixed_time" }
 );
 wire_enum!(
-    /// Where alerts go. Email is the only channel so far.
-    AlertChannel { Email => "email" }
+    /// Where alerts go: mail to a list of addresses, or a signed POST to a URL.
+    AlertChannel { Email => "email", Webhook => "webhook" }
 );
 
 impl Active {

@@ -176,6 +176,7 @@ pub struct RetryRequest {
 pub struct AlertingRequest {
     pub alert_channel: Option<String>,
     pub alert_emails: Option<Vec<String>>,
+    pub alert_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,10 +254,27 @@ pub struct RetryPolicy {
     pub retry_algorithm: RetryAlgorithm,
 }
 
+/// Where a subscription's health alerts go. Tagged by `alert_channel`, so
+/// it stores and shows as the REST shape (`{"alert_channel": "email",
+/// "alert_emails": [...]}` or `{"alert_channel": "webhook", "alert_url": ...}`),
+/// and a channel cannot be without its destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Alerting {
-    pub alert_channel: AlertChannel,
-    pub alert_emails: Vec<EmailAddress>,
+#[serde(tag = "alert_channel")]
+pub enum Alerting {
+    #[serde(rename = "email")]
+    Email { alert_emails: Vec<EmailAddress> },
+    /// A POST signed as deliveries are, with the subscription's secret.
+    #[serde(rename = "webhook")]
+    Webhook { alert_url: WebhookUrl },
+}
+
+impl Alerting {
+    pub fn channel(&self) -> AlertChannel {
+        match self {
+            Alerting::Email { .. } => AlertChannel::Email,
+            Alerting::Webhook { .. } => AlertChannel::Webhook,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -738,39 +756,72 @@ pub(crate) fn parse_attachment(
 }
 
 fn parse_alerting(request: AlertingRequest, errors: &mut ValidationErrors) -> Option<Alerting> {
-    let channel = errors.check(
-        "configuration.alerting.alert_channel",
-        request.alert_channel,
-        |c| c.parse::<AlertChannel>(),
-    );
-    let raw = request.alert_emails.unwrap_or_default();
-    if raw.is_empty() && channel == Some(AlertChannel::Email) {
+    const CHANNEL: &str = "configuration.alerting.alert_channel";
+    const EMAILS: &str = "configuration.alerting.alert_emails";
+    const URL: &str = "configuration.alerting.alert_url";
+    let channel = errors.check(CHANNEL, request.alert_channel, |c| {
+        c.parse::<AlertChannel>()
+    })?;
+    match channel {
+        AlertChannel::Email => {
+            if request.alert_url.is_some() {
+                errors.push(
+                    URL,
+                    "is only for alert_channel webhook; leave it out for email",
+                );
+            }
+            let emails = parse_alert_emails(request.alert_emails.unwrap_or_default(), errors);
+            (request.alert_url.is_none())
+                .then_some(())
+                .and(emails)
+                .map(|alert_emails| Alerting::Email { alert_emails })
+        }
+        AlertChannel::Webhook => {
+            if request.alert_emails.is_some() {
+                errors.push(
+                    EMAILS,
+                    "is only for alert_channel email; leave it out for webhook",
+                );
+            }
+            let Some(url) = request.alert_url else {
+                errors.push(URL, "is required when alert_channel is webhook");
+                return None;
+            };
+            let url = errors.check(URL, Some(url), |u| WebhookUrl::parse(&u));
+            (request.alert_emails.is_none())
+                .then_some(())
+                .and(url)
+                .map(|alert_url| Alerting::Webhook { alert_url })
+        }
+    }
+}
+
+fn parse_alert_emails(
+    raw: Vec<String>,
+    errors: &mut ValidationErrors,
+) -> Option<Vec<EmailAddress>> {
+    const EMAILS: &str = "configuration.alerting.alert_emails";
+    if raw.is_empty() {
         errors.push(
-            "configuration.alerting.alert_emails",
+            EMAILS,
             "must list at least one address when alert_channel is email",
         );
         return None;
     }
     if raw.len() > MAX_ALERT_EMAILS {
-        errors.push(
-            "configuration.alerting.alert_emails",
-            too_many(MAX_ALERT_EMAILS, "addresses", raw.len()),
-        );
+        errors.push(EMAILS, too_many(MAX_ALERT_EMAILS, "addresses", raw.len()));
         return None;
     }
     let mut emails = Vec::with_capacity(raw.len());
     let mut complete = true;
     for (i, address) in raw.into_iter().enumerate() {
-        let field = format!("configuration.alerting.alert_emails[{i}]");
+        let field = format!("{EMAILS}[{i}]");
         match errors.check(&field, Some(address), EmailAddress::parse) {
             Some(a) => emails.push(a),
             None => complete = false,
         }
     }
-    (complete && channel.is_some()).then(|| Alerting {
-        alert_channel: channel.expect("checked above"),
-        alert_emails: emails,
-    })
+    complete.then_some(emails)
 }
 
 #[cfg(test)]
@@ -1027,6 +1078,68 @@ mod tests {
                 "{errors}"
             );
         }
+    }
+
+    #[test]
+    fn alerting_is_email_with_addresses_or_webhook_with_a_url_and_stores_as_sent() {
+        let mut body = valid();
+        body["configuration"]["alerting"] =
+            serde_json::json!({"alert_channel": "webhook", "alert_url": "https://ops.example/a"});
+        let spec = SubscriptionSpec::parse(request(body.clone()), None).unwrap();
+        assert_eq!(
+            spec.configuration.alerting.as_ref().map(Alerting::channel),
+            Some(AlertChannel::Webhook)
+        );
+        assert_eq!(
+            spec.to_public_json()["configuration"]["alerting"],
+            body["configuration"]["alerting"]
+        );
+        let stored = serde_json::to_string(&spec).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SubscriptionSpec>(&stored).unwrap(),
+            spec
+        );
+        // The email form stores as it always did.
+        let spec = SubscriptionSpec::parse(request(valid()), None).unwrap();
+        assert_eq!(
+            spec.to_public_json()["configuration"]["alerting"],
+            valid()["configuration"]["alerting"]
+        );
+
+        let refused = |alerting: serde_json::Value| {
+            let mut body = valid();
+            body["configuration"]["alerting"] = alerting;
+            let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+            errors.0.into_iter().map(|e| e.field).collect::<Vec<_>>()
+        };
+        let url = "configuration.alerting.alert_url";
+        let emails = "configuration.alerting.alert_emails";
+        assert_eq!(
+            refused(serde_json::json!({"alert_channel": "webhook"})),
+            [url]
+        );
+        assert_eq!(
+            refused(
+                serde_json::json!({"alert_channel": "webhook", "alert_url": "https://u:p@x.example/"})
+            ),
+            [url]
+        );
+        assert_eq!(
+            refused(
+                serde_json::json!({"alert_channel": "webhook", "alert_url": "https://x.example/", "alert_emails": []})
+            ),
+            [emails]
+        );
+        assert_eq!(
+            refused(
+                serde_json::json!({"alert_channel": "email", "alert_emails": ["a@b.co"], "alert_url": "https://x.example/"})
+            ),
+            [url]
+        );
+        assert_eq!(
+            refused(serde_json::json!({"alert_channel": "email"})),
+            [emails]
+        );
     }
 
     #[test]

@@ -126,6 +126,7 @@ fn key() -> impl Strategy<Value = String> {
         "alerting",
         "alert_channel",
         "alert_emails",
+        "alert_url",
         "rate_limit",
         "max_requests_per_second",
         "serialiser_plugin",
@@ -296,7 +297,7 @@ fn configuration() -> impl Strategy<Value = Value> {
     ]
     .prop_map(Value::from);
     let alerting = (
-        field(choice(&["email"])),
+        field(choice(&["email", "webhook"])),
         field(
             prop_oneof![
                 prop::collection::vec(email.clone(), 0..3),
@@ -304,9 +305,14 @@ fn configuration() -> impl Strategy<Value = Value> {
             ]
             .prop_map(Value::Array),
         ),
+        field(url()),
     )
-        .prop_map(|(channel, emails)| {
-            object(vec![("alert_channel", channel), ("alert_emails", emails)])
+        .prop_map(|(channel, emails, url)| {
+            object(vec![
+                ("alert_channel", channel),
+                ("alert_emails", emails),
+                ("alert_url", url),
+            ])
         });
     let rate_limit = field(number()).prop_map(|n| object(vec![("max_requests_per_second", n)]));
     (

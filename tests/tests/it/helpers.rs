@@ -18,7 +18,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wasmhook::broker::EmbeddedBroker;
-use wasmhook::config::{DeliverySettings, SecretSettings, ServerSettings, Settings, SmtpSettings};
+use wasmhook::config::{
+    DeliverySettings, SecretSettings, ServerSettings, Settings, SmtpCredentials, SmtpPassword,
+    SmtpSettings, SmtpTls,
+};
 use wasmhook::egress::DestinationPolicy;
 use wasmhook::secrets::{KeySource, SecretKey};
 use wasmhook::startup::Application;
@@ -611,13 +614,31 @@ impl System {
 pub struct Mail {
     pub to: Vec<String>,
     pub data: String,
+    /// Who the client authenticated as (only a server that requires it asks).
+    pub user: Option<String>,
 }
 
+/// A server's record of one connection; mailin clones it per connection.
 #[derive(Clone, Default)]
 struct MailHandler {
     inbox: Arc<Mutex<Vec<Mail>>>,
+    /// The only user and password the server accepts, when it requires AUTH.
+    account: Option<(String, String)>,
+    user: Option<String>,
     to: Vec<String>,
     data: Vec<u8>,
+}
+
+impl MailHandler {
+    fn login(&mut self, user: &str, password: &str) -> mailin_embedded::Response {
+        match &self.account {
+            Some((u, p)) if u == user && p == password => {
+                self.user = Some(user.to_string());
+                mailin_embedded::response::AUTH_OK
+            }
+            _ => mailin_embedded::response::INVALID_CREDENTIALS,
+        }
+    }
 }
 
 impl mailin_embedded::Handler for MailHandler {
@@ -642,14 +663,87 @@ impl mailin_embedded::Handler for MailHandler {
         self.inbox.lock().unwrap().push(Mail {
             to: std::mem::take(&mut self.to),
             data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
+            user: self.user.clone(),
         });
         mailin_embedded::response::OK
     }
+
+    fn auth_plain(
+        &mut self,
+        _authorization_id: &str,
+        authentication_id: &str,
+        password: &str,
+    ) -> mailin_embedded::Response {
+        self.login(authentication_id, password)
+    }
+
+    fn auth_login(&mut self, username: &str, password: &str) -> mailin_embedded::Response {
+        self.login(username, password)
+    }
+}
+
+/// How a [`SmtpServer`] wants its clients to connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain SMTP, no AUTH.
+    Plain,
+    /// STARTTLS, then AUTH, both required before a mail is taken.
+    StartTls,
+    /// TLS from the first byte, then AUTH, required.
+    ImplicitTls,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, in PEM files.
+pub struct TestCertificate {
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCertificate {
+    pub fn generate() -> Self {
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, generated.cert.pem()).unwrap();
+        std::fs::write(&key_path, generated.signing_key.serialize_pem()).unwrap();
+        Self {
+            cert_path,
+            key_path,
+            cert_der: generated.cert.der().clone(),
+            key_der: generated.signing_key.serialize_der(),
+            _dir: dir,
+        }
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(vec![self.cert_der.clone()], key)
+                .unwrap(),
+        )
+    }
+}
+
+/// rustls has two crypto providers compiled in here (mailin's and ours):
+/// name the process's default once, as mailin builds its config with it.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A real SMTP server (mailin) on a free loopback port, on its own thread.
 pub struct SmtpServer {
     pub port: u16,
+    pub security: SmtpSecurity,
+    /// Whom a secured server trusts: its certificate, for the client's CA file.
+    pub certificate: Option<TestCertificate>,
     inbox: Arc<Mutex<Vec<Mail>>>,
 }
 
@@ -664,15 +758,87 @@ impl SmtpServer {
             server.with_name("smtp.test").with_tcp_listener(listener);
             let _ = server.serve();
         });
-        Self { port, inbox }
+        Self {
+            port,
+            security: SmtpSecurity::Plain,
+            certificate: None,
+            inbox,
+        }
     }
 
-    pub fn settings(&self) -> SmtpSettings {
-        SmtpSettings {
-            host: "127.0.0.1".into(),
-            port: self.port,
-            from: "wasmhook@test.example".into(),
+    /// A server that takes mail only over TLS (STARTTLS or implicit) and
+    /// only from `user` with `password`, with a fresh self-signed certificate.
+    pub fn start_secured(security: SmtpSecurity, user: &str, password: &str) -> Self {
+        install_crypto_provider();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let certificate = TestCertificate::generate();
+        let handler = MailHandler {
+            account: Some((user.to_string(), password.to_string())),
+            ..MailHandler::default()
+        };
+        let inbox = handler.inbox.clone();
+        match security {
+            SmtpSecurity::Plain => panic!("a secured server is StartTls or ImplicitTls"),
+            SmtpSecurity::StartTls => {
+                let ssl = mailin_embedded::SslConfig::SelfSigned {
+                    cert_path: certificate.cert_path.to_string_lossy().into_owned(),
+                    key_path: certificate.key_path.to_string_lossy().into_owned(),
+                };
+                let mut server = mailin_embedded::Server::new(handler);
+                server
+                    .with_name("smtp.test")
+                    .with_ssl(ssl)
+                    .unwrap()
+                    .with_auth(mailin_embedded::AuthMechanism::Plain)
+                    .with_auth(mailin_embedded::AuthMechanism::Login)
+                    .with_tcp_listener(listener);
+                std::thread::spawn(move || {
+                    let _ = server.serve();
+                });
+            }
+            SmtpSecurity::ImplicitTls => {
+                let config = certificate.server_config();
+                std::thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        let (config, handler) = (config.clone(), handler.clone());
+                        std::thread::spawn(move || implicit_tls_session(stream, config, handler));
+                    }
+                });
+            }
         }
+        Self {
+            port,
+            security,
+            certificate: Some(certificate),
+            inbox,
+        }
+    }
+
+    /// Settings for wasmhook to send to this server: plain, or with TLS,
+    /// this server's certificate as the CA to trust, and the account given.
+    pub fn settings(&self) -> SmtpSettings {
+        SmtpSettings::plain("127.0.0.1", self.port, "wasmhook@test.example")
+    }
+
+    pub fn secured_settings(&self, user: &str, password: SmtpPassword) -> SmtpSettings {
+        SmtpSettings {
+            tls: match self.security {
+                SmtpSecurity::Plain => SmtpTls::None,
+                SmtpSecurity::StartTls => SmtpTls::Starttls,
+                SmtpSecurity::ImplicitTls => SmtpTls::Tls,
+            },
+            credentials: Some(SmtpCredentials {
+                user: user.to_string(),
+                password: Some(password),
+            }),
+            ca_file: self.certificate.as_ref().map(|c| c.cert_path.clone()),
+            ..self.settings()
+        }
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.inbox.lock().unwrap().clone()
     }
 
     pub async fn wait_for_mail(&self, n: usize, within: Duration) -> Vec<Mail> {
@@ -688,6 +854,56 @@ impl SmtpServer {
                 inbox.len()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// mailin's SMTP session over a connection that is TLS from its first byte
+/// (mailin-embedded itself only knows STARTTLS).
+fn implicit_tls_session(
+    stream: std::net::TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    handler: MailHandler,
+) {
+    use std::io::{BufRead, Write};
+    let Ok(peer) = stream.peer_addr() else { return };
+    let Ok(connection) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut builder = mailin::SessionBuilder::new("smtps.test");
+    builder
+        .enable_auth(mailin::AuthMechanism::Plain)
+        .enable_auth(mailin::AuthMechanism::Login);
+    let mut session = builder.build(peer.ip(), handler);
+    // The whole connection is TLS: AUTH is allowed from the start.
+    session.tls_active();
+    let mut tls = std::io::BufReader::new(rustls::StreamOwned::new(connection, stream));
+    let reply = |tls: &mut std::io::BufReader<_>, response: &mailin::Response| {
+        let writer: &mut rustls::StreamOwned<_, _> = tls.get_mut();
+        response.write_to(writer).and_then(|()| writer.flush())
+    };
+    if reply(&mut tls, &session.greeting()).is_err() {
+        return;
+    }
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match tls.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = session.process(&line);
+        match response.action {
+            mailin::Action::NoReply => {}
+            mailin::Action::Close => {
+                let _ = reply(&mut tls, &response);
+                return;
+            }
+            mailin::Action::Reply | mailin::Action::UpgradeTls => {
+                if reply(&mut tls, &response).is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! SQLite and the machine's PostgreSQL.
 
 mod access;
+mod alerting;
 mod api;
 mod delivery;
 mod fuzz;
