@@ -61,6 +61,16 @@ impl EmbeddedBroker {
         self.cluster().broker_up(id)
     }
 
+    /// Fault injection: the next requests of kind `api`, one per error, fail
+    /// with these errors (for tests of how clients cope).
+    pub fn fail_requests(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: &[rdkafka::types::RDKafkaRespErr],
+    ) {
+        self.cluster().request_errors(api, errors)
+    }
+
     fn set_initial_rebalance_delay(&self, delay: Duration) {
         // SAFETY: the mock cluster pointer comes from our live client handle and
         // stays valid while `self.handle` lives; the call only sets an integer.

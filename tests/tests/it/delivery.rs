@@ -608,3 +608,38 @@ async fn delivery_works_with_the_postgresql_registry() {
         .await;
     sys.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_commits_pause_fetching_until_one_succeeds_and_nothing_is_lost() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("commits", 1);
+    let mut body = subscription("commits", &sys.receiver.url, &["commits"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 1});
+    let id = sys.app.subscribe(&body).await;
+    produce(&sys.producer, "commits", 0, &values(0..5)).await;
+    sys.receiver.wait_for_delivered(5, WAIT).await;
+
+    // The broker refuses the next commits (an error librdkafka does not retry).
+    sys.broker.fail_requests(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 12],
+    );
+    produce(&sys.producer, "commits", 0, &values(5..60)).await;
+    let paused = sys
+        .app
+        .wait_for_status(&id, WAIT, |s| s["consumer"]["state"] == "paused")
+        .await;
+    let reason = paused["consumer"]["reason"].as_str().unwrap();
+    assert!(reason.contains("commits failed in a row"), "{reason}");
+
+    // Once a commit goes through, fetching resumes and everything arrives.
+    sys.app
+        .wait_for_status(&id, WAIT, |s| s["consumer"]["state"] == "running")
+        .await;
+    let delivered = sys.receiver.wait_for_delivered(60, WAIT).await;
+    assert_none_missing(&delivered, "commits", 1, 60);
+    assert_ordered_per_partition(&delivered);
+    sys.app.stop().await;
+}
