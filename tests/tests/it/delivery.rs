@@ -643,3 +643,69 @@ async fn failing_commits_pause_fetching_until_one_succeeds_and_nothing_is_lost()
     assert_ordered_per_partition(&delivered);
     sys.app.stop().await;
 }
+
+/// The partitions of a status's consumer, as (partition, lag, committed offset).
+fn lags(status: &Value) -> Vec<(i64, i64, i64)> {
+    status["consumer"]["partitions"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|p| {
+                    (
+                        p["partition"].as_i64().unwrap(),
+                        p["lag"].as_i64().unwrap(),
+                        p["committed_offset"].as_i64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_shows_this_hosts_consumer_state_and_lag_per_partition() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("lagging", 2);
+    let mut body = subscription("lagging", &sys.receiver.url, &["lagging"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 1});
+    body["configuration"]["retry"] = json!({"max_retries": 10, "retry_algorithm": "fixed_time"});
+    let id = sys.app.subscribe(&body).await;
+    produce(&sys.producer, "lagging", 0, &values(0..10)).await;
+    produce(&sys.producer, "lagging", 1, &values(0..10)).await;
+    sys.receiver.wait_for_delivered(20, WAIT).await;
+    let caught_up = sys
+        .app
+        .wait_for_status(&id, WAIT, |s| lags(s) == [(0, 0, 10), (1, 0, 10)])
+        .await;
+    assert_eq!(caught_up["consumer"]["state"], "running");
+    assert!(
+        caught_up["consumer"]["host"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty())
+    );
+
+    // The webhook fails: the consumer is retrying, and partition 0 falls behind.
+    sys.receiver.answer(503);
+    produce(&sys.producer, "lagging", 0, &values(10..15)).await;
+    let behind = sys
+        .app
+        .wait_for_status(&id, WAIT, |s| {
+            s["consumer"]["state"] == "retrying" && lags(s) == [(0, 5, 10), (1, 0, 10)]
+        })
+        .await;
+    assert!(
+        behind["consumer"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the webhook answered 503"),
+        "{behind}"
+    );
+    sys.receiver.answer(200);
+    sys.app
+        .wait_for_status(&id, WAIT, |s| {
+            s["consumer"]["state"] == "running" && lags(s) == [(0, 0, 15), (1, 0, 10)]
+        })
+        .await;
+    sys.app.stop().await;
+}

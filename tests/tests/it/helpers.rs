@@ -130,6 +130,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
             reconcile_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(5),
             destinations: DestinationPolicy::allowing_loopback(),
+            lag_interval: Duration::from_millis(200),
             ..DeliverySettings::default()
         },
         smtp: None,
