@@ -61,6 +61,16 @@ impl EmbeddedBroker {
         self.cluster().broker_up(id)
     }
 
+    /// Fault injection: metadata answers for `topic` carry `error` (e.g.
+    /// unknown topic) until set back to `RD_KAFKA_RESP_ERR_NO_ERROR`.
+    pub fn set_topic_error(
+        &self,
+        topic: &str,
+        error: rdkafka::types::RDKafkaRespErr,
+    ) -> Result<(), KafkaError> {
+        self.cluster().topic_error(topic, error)
+    }
+
     /// Fault injection: the next requests of kind `api`, one per error, fail
     /// with these errors (for tests of how clients cope).
     pub fn fail_requests(

@@ -709,3 +709,84 @@ async fn status_shows_this_hosts_consumer_state_and_lag_per_partition() {
         .await;
     sys.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_topic_gone_missing_turns_the_subscription_unhealthy_and_nothing_is_committed_past_it()
+ {
+    use rdkafka::types::RDKafkaRespErr;
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("doomed", 1);
+    let mut body = subscription("doomed", &sys.receiver.url, &["doomed"]);
+    body["configuration"]["retry"] = json!({"max_retries": 1, "retry_algorithm": "fixed_time"});
+    let id = sys.app.subscribe(&body).await;
+    let dead_letter_topic = format!("webhooks-{id}-dlq");
+    sys.broker
+        .set_topic_error(
+            &dead_letter_topic,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    sys.receiver.answer(500);
+    produce(&sys.producer, "doomed", 0, &values(0..3)).await;
+
+    let stuck = sys
+        .app
+        .wait_for_status(&id, Duration::from_secs(60), |s| {
+            s["status"] == "unhealthy"
+                && s["status_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(&dead_letter_topic))
+        })
+        .await;
+    let reason = stuck["status_reason"].as_str().unwrap();
+    assert!(reason.contains("does not exist"), "{reason}");
+    assert_eq!(stuck["counts"]["dead_lettered"], 0, "{stuck}");
+
+    // The topic is back: the batch is written there, then committed.
+    sys.broker
+        .set_topic_error(
+            &dead_letter_topic,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+        )
+        .unwrap();
+    sys.app
+        .wait_for_status(&id, Duration::from_secs(60), |s| {
+            s["counts"]["dead_lettered"] == 3
+        })
+        .await;
+    let dead = consume(&sys.broker.bootstrap_servers(), &dead_letter_topic, 3).await;
+    assert_eq!(dead.len(), 3);
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn static_membership_delivers_and_a_restart_takes_the_partitions_back() {
+    let mut sys = System::start_with(Db::Sqlite, |settings| {
+        settings.delivery.instance_id = Some("host-a".into());
+    })
+    .await;
+    sys.topic("static", 2);
+    let mut body = subscription("static", &sys.receiver.url, &["static"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 1});
+    let id = sys.app.subscribe(&body).await;
+    produce(&sys.producer, "static", 0, &values(0..10)).await;
+    produce(&sys.producer, "static", 1, &values(0..10)).await;
+    sys.receiver.wait_for_delivered(20, WAIT).await;
+
+    // Same instance id after the restart: the broker hands it its partitions
+    // back as the same member; it goes on from the committed positions.
+    sys.restart().await;
+    produce(&sys.producer, "static", 0, &values(10..20)).await;
+    produce(&sys.producer, "static", 1, &values(10..20)).await;
+    let delivered = sys.receiver.wait_for_delivered(40, WAIT).await;
+    assert_none_missing(&delivered, "static", 2, 20);
+    let (_, repeats) = distinct(&delivered);
+    assert_eq!(repeats, 0, "a graceful restart repeats nothing");
+    let status = sys
+        .app
+        .wait_for_status(&id, WAIT, |s| lags(s).len() == 2)
+        .await;
+    assert_eq!(status["consumer"]["host"], "host-a");
+    sys.app.stop().await;
+}
