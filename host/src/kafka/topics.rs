@@ -227,8 +227,8 @@ impl Topics {
         // until it times out) and says "unsupported" only when asked directly;
         // KRaft brokers forward to the controller. A ZooKeeper-era broker that
         // is not the controller says so, and then the controller is asked.
-        let mut code = self.create(name, layout, Some(look.answered_by)).await?;
-        if code == Some(RDKafkaErrorCode::NotController) {
+        let mut code = self.create(name, layout, look.answered_by).await?;
+        if look.answered_by.is_some() && code == Some(RDKafkaErrorCode::NotController) {
             code = self.create(name, layout, None).await?;
         }
         let Some(code) = code else {
@@ -326,8 +326,8 @@ impl Topics {
 struct Look {
     /// `None`: the topic does not exist.
     partitions: Option<usize>,
-    /// The broker that answered.
-    answered_by: i32,
+    /// The broker that answered (else one it named; `None`: none known).
+    answered_by: Option<i32>,
 }
 
 impl Inner {
@@ -337,9 +337,13 @@ impl Inner {
             self.admin.inner().fetch_metadata(Some(name), self.timeout),
             name,
         )?;
+        // A bootstrap connection answers as -1 until its id is known.
+        let answered_by = Some(metadata.orig_broker_id())
+            .filter(|id| *id >= 0)
+            .or_else(|| metadata.brokers().first().map(|b| b.id()));
         Ok(Look {
             partitions: topic_state(&metadata, name).ok(),
-            answered_by: metadata.orig_broker_id(),
+            answered_by,
         })
     }
 
