@@ -282,3 +282,43 @@ async fn on_tansu_an_exhausted_batch_reaches_the_dead_letter_topic() {
     assert_eq!(receiver.requests().len(), 2, "1 attempt + 1 retry");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_tansu_a_topic_with_the_brokers_default_replication_is_created_then_found() {
+    let tansu = Tansu::start().await;
+    let topics = Topics::new(&tansu.brokers, Duration::from_secs(10)).unwrap();
+    let layout = TopicLayout::new(2, TopicLayout::BROKER_DEFAULT_REPLICATION).unwrap();
+
+    assert_eq!(
+        topics.ensure("audit", layout).await.unwrap(),
+        Ensured::Created
+    );
+    assert_eq!(partitions_of(&tansu.brokers, "audit").await, Some(2));
+    assert_eq!(
+        topics.ensure("audit", layout).await.unwrap(),
+        Ensured::Existed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_tansu_a_dead_letter_to_a_missing_topic_is_a_permanent_missing_topic_error() {
+    let tansu = Tansu::start().await;
+
+    let error = DeadLetters::new(&tansu.brokers)
+        .unwrap()
+        .publish(
+            "webhooks-gone-dlq",
+            &[a_record()],
+            "delivery-1",
+            "webhook answered 500",
+        )
+        .await
+        .expect_err("a missing topic cannot take a dead letter");
+
+    assert_eq!(error.kind(), DeadLetterFailure::MissingTopic, "{error}");
+    assert!(error.permanent());
+    assert_eq!(
+        partitions_of(&tansu.brokers, "webhooks-gone-dlq").await,
+        None
+    );
+}
