@@ -226,9 +226,12 @@ pub(super) async fn replace(
     // The owner's view, even when the admin edits a tenant's subscription:
     // that is how its pipeline will resolve the names.
     check_plugins(&state, current.tenant_id, &spec).await?;
-    // Again on replace: the topic may have been deleted, or the
-    // subscription saved before wasmhook created these topics.
-    ensure_dead_letter_topic(&state, current.id).await?;
+    // Again on replace: the topic may have been deleted, or the subscription
+    // saved before wasmhook created these topics. Not when it is being
+    // deactivated: that must work while the brokers are down.
+    if spec.active.is_active() {
+        ensure_dead_letter_topic(&state, current.id).await?;
+    }
     let stored = state.registry.replace_subscription(&current, &spec).await?;
     let (was, is) = (current.spec.active.is_active(), spec.active.is_active());
     if was != is {

@@ -92,6 +92,34 @@ async fn a_subscription_is_answered_503_and_not_saved_when_the_brokers_do_not_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_brokers_down_a_subscription_can_be_deactivated_but_not_reactivated() {
+    let db = TestDb::create(Db::Sqlite).await;
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let app = TestApp::spawn(test_settings(&db.url, &broker.bootstrap_servers())).await;
+    let body = subscription("orders", "http://example.com/hook", &["orders"]);
+    let id = app.subscribe(&body).await;
+    app.stop().await;
+    let mut settings = test_settings(&db.url, "127.0.0.1:1");
+    settings.delivery.kafka_admin_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn(settings).await;
+    let path = format!("/1/Subscription/{id}");
+
+    let mut off = body.clone();
+    off["active"] = json!("no");
+    let (status, answer) = app.put(&path, &off).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    let (status, answer) = app.put(&path, &body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (_, stored) = app.get(&path).await;
+    assert_eq!(
+        stored["active"], "no",
+        "the refused replace changed nothing: {stored}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_letter_to_a_missing_topic_is_a_permanent_missing_topic_error() {
     let broker = EmbeddedBroker::start(1).unwrap();
     let brokers = broker.bootstrap_servers();
