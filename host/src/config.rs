@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::domain::AccessToken;
 use crate::egress::DestinationPolicy;
+use crate::kafka::TopicLayout;
 use crate::logging::LogFormat;
 use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
 use crate::secrets::{HiddenText, KeySource};
@@ -48,6 +49,20 @@ pub struct Cli {
     /// Kafka bootstrap servers (host:port,…). Unset: start an embedded in-memory broker.
     #[arg(long, env = "WASMHOOK_KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
+
+    /// Partitions of each subscription's dead-letter topic, created with the subscription.
+    #[arg(long, env = "WASMHOOK_DEAD_LETTER_PARTITIONS", default_value_t = 1, value_parser = parse_partitions, global = true)]
+    pub dead_letter_partitions: i32,
+
+    /// Replication factor of each dead-letter topic; -1: the brokers' default.
+    /// Unset: 1 with the embedded broker, -1 with --kafka-brokers.
+    #[arg(long, env = "WASMHOOK_DEAD_LETTER_REPLICATION", allow_negative_numbers = true, value_parser = parse_replication, global = true)]
+    pub dead_letter_replication: Option<i32>,
+
+    /// How long a Kafka admin operation (creating a topic) may take before
+    /// the API answers 503.
+    #[arg(long, env = "WASMHOOK_KAFKA_ADMIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub kafka_admin_timeout: Duration,
 
     /// Where a new subscription starts reading a topic it has no committed offset for.
     #[arg(long, env = "WASMHOOK_START_FROM", value_enum, default_value_t = StartFrom::Earliest, global = true)]
@@ -261,6 +276,20 @@ pub struct Cli {
     /// How long a rotated-out signing secret keeps signing beside the new one.
     #[arg(long, env = "WASMHOOK_SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     pub secret_rotation_overlap: Duration,
+}
+
+fn parse_partitions(text: &str) -> Result<i32, String> {
+    let partitions = text.parse().map_err(|e| format!("{e}"))?;
+    TopicLayout::new(partitions, TopicLayout::BROKER_DEFAULT_REPLICATION)
+        .map(|layout| layout.partitions())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_replication(text: &str) -> Result<i32, String> {
+    let replication = text.parse().map_err(|e| format!("{e}"))?;
+    TopicLayout::new(1, replication)
+        .map(|layout| layout.replication())
+        .map_err(|e| e.to_string())
 }
 
 /// Takes the key's text as it is: parsing it here would let clap quote it in
@@ -484,6 +513,10 @@ pub struct DeliverySettings {
     pub plugins: RuntimeSettings,
     /// Where webhooks may go; the default, public addresses only.
     pub destinations: DestinationPolicy,
+    /// The layout of each subscription's dead-letter topic, created with it.
+    pub dead_letter_topic: TopicLayout,
+    /// Bound on a Kafka admin operation (creating a topic).
+    pub kafka_admin_timeout: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -504,6 +537,8 @@ impl Default for DeliverySettings {
             lag_interval: Duration::from_secs(5),
             plugins: RuntimeSettings::default(),
             destinations: DestinationPolicy::public_only(),
+            dead_letter_topic: TopicLayout::default(),
+            kafka_admin_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -584,6 +619,18 @@ impl Cli {
         }
     }
 
+    /// The layout of dead-letter topics: as configured; an unset replication
+    /// is 1 with the embedded broker (it has one), else the brokers' default.
+    pub fn dead_letter_topic(&self, embedded_broker: bool) -> TopicLayout {
+        let replication = self.dead_letter_replication.unwrap_or(if embedded_broker {
+            1
+        } else {
+            TopicLayout::BROKER_DEFAULT_REPLICATION
+        });
+        // Both numbers went through the same checks when the flags were parsed.
+        TopicLayout::new(self.dead_letter_partitions, replication).unwrap_or_default()
+    }
+
     /// The start-up banner's line about where webhooks may go.
     pub fn destinations_banner(&self, embedded_broker: bool) -> String {
         if embedded_broker && self.allowed_destinations.is_none() {
@@ -619,6 +666,8 @@ impl Cli {
                 session_timeout: self.session_timeout,
                 assignment_strategy: self.assignment_strategy,
                 lag_interval: self.lag_interval,
+                dead_letter_topic: self.dead_letter_topic(false),
+                kafka_admin_timeout: self.kafka_admin_timeout,
                 plugins: RuntimeSettings {
                     limits: HostLimits {
                         defaults: PluginLimits {
@@ -684,6 +733,30 @@ mod tests {
         assert_eq!(cli.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cli.database_url, "sqlite://wasmhook.db");
         assert!(cli.kafka_brokers.is_none());
+    }
+
+    #[test]
+    fn dead_letter_topics_default_to_one_partition_and_the_brokers_replication() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        assert_eq!(
+            cli.dead_letter_topic(false),
+            TopicLayout::new(1, -1).unwrap()
+        );
+        assert_eq!(cli.dead_letter_topic(true), TopicLayout::new(1, 1).unwrap());
+        let cli = Cli::try_parse_from([
+            "wasmhook",
+            "--dead-letter-partitions",
+            "3",
+            "--dead-letter-replication",
+            "-1",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.dead_letter_topic(true),
+            TopicLayout::new(3, -1).unwrap()
+        );
+        assert!(Cli::try_parse_from(["wasmhook", "--dead-letter-partitions", "0"]).is_err());
+        assert!(Cli::try_parse_from(["wasmhook", "--dead-letter-replication", "0"]).is_err());
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`egress`]: the SSRF guard — which addresses webhooks may go to, checked
 //!   on every connection after DNS resolution and at registration for IP literals.
 //! - [`secrets`]: the key that seals secrets at rest, and the sealed form of a value.
+//! - [`kafka`]: what every door shares about Kafka: [`kafka::Topics`] creates
+//!   the topics wasmhook produces to (admin API, or auto-creation where that is all there is).
 //! - [`broker`]: the embedded in-memory Kafka broker used when none is configured.
 //!
 //! Data paths, delivery semantics and where each decision lives:
@@ -30,6 +32,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod egress;
+pub mod kafka;
 pub mod logging;
 pub mod plugin;
 pub mod registry;

@@ -46,6 +46,7 @@ async fn serve() -> anyhow::Result<()> {
 
     let mut settings = cli.settings(brokers.clone());
     settings.delivery.destinations = cli.destinations(embedded.is_some());
+    settings.delivery.dead_letter_topic = cli.dead_letter_topic(embedded.is_some());
     let app = Application::build(settings).await?;
     println!(
         "wasmhook is serving the REST API on http://{}",

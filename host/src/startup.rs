@@ -20,6 +20,7 @@ use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
 use crate::delivery::state::ConsumerStates;
 use crate::domain::AccessToken;
+use crate::kafka::Topics;
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
 use crate::secrets::{KeyOrigin, resolve_key};
@@ -51,6 +52,12 @@ impl Application {
         // component compiled at upload is reused from the cache by sha256.
         let engine =
             PluginEngine::new(settings.delivery.plugins).context("starting the plugin runtime")?;
+        // Builds clients only: nothing connects until a subscription is saved.
+        let topics = Topics::new(
+            &settings.kafka_brokers,
+            settings.delivery.kafka_admin_timeout,
+        )
+        .context("creating the Kafka admin client")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;
@@ -64,6 +71,8 @@ impl Application {
                 destinations: settings.delivery.destinations.clone(),
                 secret_rotation_overlap: settings.secrets.rotation_overlap,
                 states: ConsumerStates::new(host_name(settings.delivery.instance_id.as_deref())),
+                topics,
+                dead_letter_topic: settings.delivery.dead_letter_topic,
             },
             settings,
             generated_admin_token,

@@ -48,6 +48,10 @@ pub enum ApiError {
     /// The host cannot serve this now; trying again later may work.
     #[error("{0}")]
     Unavailable(String),
+    /// The Kafka brokers answered, and refused what this request needs (a
+    /// topic): the broker's reason is shown, as the operator must act on it.
+    #[error("{0}")]
+    BrokerRefused(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -83,6 +87,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BrokerRefused(_) => (StatusCode::BAD_GATEWAY, "broker_refused"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -99,6 +104,19 @@ impl From<RegistryError> for ApiError {
                 message: error.to_string(),
             },
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Brokers that do not answer are a 503 (try again later); brokers that
+/// answer no are a 502: the request was fine, the host's upstream refused it,
+/// and unlike a 500 the reason (a broker's, holding no secret) is shown.
+impl From<crate::kafka::TopicError> for ApiError {
+    fn from(error: crate::kafka::TopicError) -> Self {
+        if error.is_unreachable() {
+            ApiError::Unavailable(error.to_string())
+        } else {
+            ApiError::BrokerRefused(error.to_string())
         }
     }
 }

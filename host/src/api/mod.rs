@@ -52,6 +52,10 @@ pub struct AppState {
     pub states: crate::delivery::state::ConsumerStates,
     /// How long a rotated-out signing secret keeps signing.
     pub secret_rotation_overlap: std::time::Duration,
+    /// Creates each subscription's dead-letter topic before it is saved.
+    pub topics: crate::kafka::Topics,
+    /// The layout a dead-letter topic is created with.
+    pub dead_letter_topic: crate::kafka::TopicLayout,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {

@@ -52,9 +52,13 @@ pub(super) async fn create(
     let tenant = principal.tenant_id();
     check_plugins(&state, tenant, &spec).await?;
     let secret = SigningSecret::generate();
+    // The topic first: a refusal leaves no row behind (at worst an empty
+    // topic, when the insert fails after it).
+    let id = uuid::Uuid::new_v4();
+    ensure_dead_letter_topic(&state, id).await?;
     let stored = state
         .registry
-        .create_subscription(tenant, &spec, &secret)
+        .create_subscription(id, tenant, &spec, &secret)
         .await?;
     if spec.active.is_active() {
         state
@@ -68,6 +72,22 @@ pub(super) async fn create(
     // Shown once: later responses never carry it.
     body["signing_secret"] = json!(secret.as_str());
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Creates the subscription's dead-letter topic unless it exists: the
+/// dead-letter producer never auto-creates it, and many brokers would not.
+async fn ensure_dead_letter_topic(state: &AppState, id: uuid::Uuid) -> Result<(), ApiError> {
+    let topic = crate::delivery::dead_letter::topic_for(id);
+    match state.topics.ensure(&topic, state.dead_letter_topic).await {
+        Ok(ensured) => {
+            tracing::debug!(subscription = %id, topic = %topic, ?ensured, "Dead-letter topic ready.");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(subscription = %id, error = %error, "Could not create the dead-letter topic.");
+            Err(error.into())
+        }
+    }
 }
 
 /// Refuses a webhook URL, or a webhook alert channel's URL, whose host is an
@@ -215,6 +235,12 @@ pub(super) async fn replace(
     // The owner's view, even when the admin edits a tenant's subscription:
     // that is how its pipeline will resolve the names.
     check_plugins(&state, current.tenant_id, &spec).await?;
+    // Again on replace: the topic may have been deleted, or the subscription
+    // saved before wasmhook created these topics. Not when it is being
+    // deactivated: that must work while the brokers are down.
+    if spec.active.is_active() {
+        ensure_dead_letter_topic(&state, current.id).await?;
+    }
     let stored = state.registry.replace_subscription(&current, &spec).await?;
     let (was, is) = (current.spec.active.is_active(), spec.active.is_active());
     if was != is {

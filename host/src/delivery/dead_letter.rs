@@ -5,12 +5,19 @@
 //! `wasmhook-failure-reason`, `wasmhook-delivery-id`, `wasmhook-source-topic`,
 //! `wasmhook-source-partition`, `wasmhook-source-offset`. The pipeline commits the
 //! source offsets only after every message is acknowledged here.
+//!
+//! The topic is created with the subscription ([`crate::kafka::Topics`]); the
+//! producer never auto-creates it, so a topic deleted since (or never created
+//! on a broker that refused) is reported as missing, not silently re-created
+//! with the broker's defaults. A failure is a [`DeadLetterError`] whose
+//! [`kind`](DeadLetterError::kind) tells one that will not go away by
+//! retrying (missing topic, message too large, not authorised) from one that may.
 
 use std::time::Duration;
 
 use futures::future::try_join_all;
 use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
@@ -19,10 +26,112 @@ use super::alert::Transition;
 use super::health::HealthKeeper;
 use super::record::Record;
 use super::state::{ConsumerState, StateHandle};
+use crate::kafka::{TopicLayout, Topics};
 use crate::registry::Health;
 
 pub fn topic_for(subscription: Uuid) -> String {
     format!("webhooks-{subscription}-dlq")
+}
+
+/// Why a dead letter could not be written, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterFailure {
+    /// The topic does not exist (deleted, or never created).
+    MissingTopic,
+    /// A message is larger than the brokers (or the topic) accept.
+    TooLarge,
+    /// wasmhook's principal may not write to the topic.
+    NotAuthorised,
+    /// Anything else: brokers down, timeouts, leader elections. Retrying may work.
+    Transient,
+}
+
+impl DeadLetterFailure {
+    /// Pure: what a Kafka error code means here.
+    pub fn of(code: RDKafkaErrorCode) -> Self {
+        use RDKafkaErrorCode as C;
+        match code {
+            C::UnknownTopic | C::UnknownTopicOrPartition | C::InvalidTopic => Self::MissingTopic,
+            C::MessageSizeTooLarge | C::MessageBatchTooLarge => Self::TooLarge,
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::Authentication => Self::NotAuthorised,
+            _ => Self::Transient,
+        }
+    }
+}
+
+/// A dead letter that was not written: which topic, what Kafka said, and what kind of failure.
+#[derive(Debug, Clone)]
+pub struct DeadLetterError {
+    topic: String,
+    code: RDKafkaErrorCode,
+    kind: DeadLetterFailure,
+}
+
+impl DeadLetterError {
+    pub fn new(topic: &str, code: RDKafkaErrorCode) -> Self {
+        Self {
+            topic: topic.to_string(),
+            code,
+            kind: DeadLetterFailure::of(code),
+        }
+    }
+
+    fn from_kafka(topic: &str, error: &KafkaError) -> Self {
+        Self::new(
+            topic,
+            error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+        )
+    }
+
+    pub fn kind(&self) -> DeadLetterFailure {
+        self.kind
+    }
+
+    /// True when retrying will not help until someone changes the topic,
+    /// the brokers or the ACLs.
+    pub fn permanent(&self) -> bool {
+        self.kind != DeadLetterFailure::Transient
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn code(&self) -> RDKafkaErrorCode {
+        self.code
+    }
+}
+
+impl std::error::Error for DeadLetterError {}
+
+/// What is wrong and what to do about it, for the log, the status and the alert.
+impl std::fmt::Display for DeadLetterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(self.kind, &self.topic, self.code))
+    }
+}
+
+fn describe(kind: DeadLetterFailure, topic: &str, code: RDKafkaErrorCode) -> String {
+    match kind {
+        DeadLetterFailure::MissingTopic => format!(
+            "the dead-letter topic {topic} does not exist ({code}): create it, or save the \
+             subscription again so that wasmhook creates it"
+        ),
+        DeadLetterFailure::TooLarge => format!(
+            "a dead letter is larger than the brokers accept on topic {topic} ({code}): raise \
+             the topic's max.message.bytes, or make the webhook's messages smaller"
+        ),
+        DeadLetterFailure::NotAuthorised => format!(
+            "wasmhook may not write to the dead-letter topic {topic} ({code}): grant its \
+             Kafka principal WRITE on the topic"
+        ),
+        DeadLetterFailure::Transient => {
+            format!("could not write to the dead-letter topic {topic}: {code}")
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -38,6 +147,12 @@ impl DeadLetters {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "30000")
+            // The topic is created with its subscription; re-creating it here
+            // would use the broker's defaults and hide that it went missing.
+            .set("allow.auto.create.topics", "false")
+            // How long a missing topic is waited for before its messages
+            // fail as unknown: its creation is long past.
+            .set("topic.metadata.propagation.max.ms", "5000")
             .create()?;
         Ok(Self { producer })
     }
@@ -49,7 +164,7 @@ impl DeadLetters {
         records: &[Record],
         delivery_id: &str,
         reason: &str,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), DeadLetterError> {
         let sends = records.iter().map(|record| {
             let partition = record.partition.to_string();
             let offset = record.offset.to_string();
@@ -92,7 +207,11 @@ impl DeadLetters {
                 message = message.timestamp(ts);
             }
             let send = self.producer.send(message, Duration::from_secs(30));
-            async move { send.await.map(|_| ()).map_err(|(error, _)| error) }
+            async move {
+                send.await
+                    .map(|_| ())
+                    .map_err(|(error, _)| DeadLetterError::from_kafka(topic, &error))
+            }
         });
         try_join_all(sends).await.map(|_| ())
     }
@@ -105,8 +224,10 @@ const MAX_DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 /// offsets are committed only after), backing off between attempts. A failure
 /// that waiting will not cure (the topic missing, a message too large, no
 /// authorisation) is reported once through `stuck`, so the subscription turns
-/// unhealthy with the reason while the loop goes on trying. Returns false when
-/// stopped first.
+/// unhealthy with the reason while the loop goes on trying. A missing topic
+/// is first created once through `topics` (a subscription saved before
+/// dead-letter topics were created with it has none on a strict broker).
+/// Returns false when stopped first.
 pub async fn write_until_acknowledged(
     dead_letters: &DeadLetters,
     topic: &str,
@@ -116,9 +237,11 @@ pub async fn write_until_acknowledged(
     stop: &tokio_util::sync::CancellationToken,
     health: &mut HealthKeeper,
     state: &StateHandle,
+    topics: &(Topics, TopicLayout),
 ) -> bool {
     let mut wait = Duration::from_millis(200);
     let mut reported = false;
+    let mut created = false;
     loop {
         match dead_letters
             .publish(topic, records, delivery_id, reason)
@@ -127,13 +250,28 @@ pub async fn write_until_acknowledged(
             Ok(()) => return true,
             Err(error) => {
                 tracing::error!(topic, error = %error, "Could not write to the dead-letter topic; retrying.");
-                if !reported && is_permanent(&error) {
+                if error.kind() == DeadLetterFailure::MissingTopic && !created {
+                    created = true;
+                    match topics.0.ensure(topic, topics.1).await {
+                        Ok(ensured) => {
+                            tracing::info!(
+                                topic,
+                                ?ensured,
+                                "Dead-letter topic was missing; it exists now."
+                            );
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(topic, error = %error, "Could not create the missing dead-letter topic.");
+                        }
+                    }
+                }
+                if !reported && error.permanent() {
                     // Waiting will not cure it: the operator must act (create
                     // the topic, raise its message size, grant access).
                     reported = true;
                     let reason = format!(
-                        "a batch cannot be written to the dead-letter topic {topic} ({error}); \
-                         nothing after it is committed until it can"
+                        "{error}; nothing after this batch is committed until it is written"
                     );
                     state.set(ConsumerState::Retrying, Some(reason.clone()));
                     health
@@ -150,18 +288,66 @@ pub async fn write_until_acknowledged(
     }
 }
 
-/// Errors that retrying will not cure.
-fn is_permanent(error: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            Code::UnknownTopic
-                | Code::UnknownTopicOrPartition
-                | Code::MessageSizeTooLarge
-                | Code::InvalidMessageSize
-                | Code::TopicAuthorizationFailed
-                | Code::ClusterAuthorizationFailed
-        )
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_topic_is_permanent() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            let error = DeadLetterError::new("webhooks-x-dlq", code);
+            assert_eq!(error.kind(), DeadLetterFailure::MissingTopic);
+            assert!(error.permanent());
+        }
+    }
+
+    #[test]
+    fn a_message_too_large_is_permanent() {
+        let error = DeadLetterError::new("t", RDKafkaErrorCode::MessageSizeTooLarge);
+        assert_eq!(error.kind(), DeadLetterFailure::TooLarge);
+        assert!(error.permanent());
+    }
+
+    #[test]
+    fn a_refused_authorisation_is_permanent() {
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ] {
+            assert_eq!(
+                DeadLetterFailure::of(code),
+                DeadLetterFailure::NotAuthorised
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_and_unreachable_brokers_are_transient() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::QueueFull,
+        ] {
+            let error = DeadLetterError::new("t", code);
+            assert!(!error.permanent(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_text_names_the_topic_and_what_to_do() {
+        let text =
+            DeadLetterError::new("webhooks-x-dlq", RDKafkaErrorCode::UnknownTopic).to_string();
+        assert!(text.contains("webhooks-x-dlq does not exist"), "{text}");
+        assert!(text.contains("create it"), "{text}");
+        let text =
+            DeadLetterError::new("webhooks-x-dlq", RDKafkaErrorCode::TopicAuthorizationFailed)
+                .to_string();
+        assert!(text.contains("grant"), "{text}");
+    }
 }

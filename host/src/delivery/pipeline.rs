@@ -52,6 +52,7 @@ use super::sender::{Outcome, Sender, Target};
 use super::state::{ConsumerState, ConsumerStates, StateHandle};
 use crate::config::DeliverySettings;
 use crate::domain::SubscriptionSpec;
+use crate::kafka::{TopicLayout, Topics};
 use crate::plugin::PluginEngine;
 use crate::registry::{Activity, Counts, DeadLetter, Health, Registry, StoredSubscription};
 
@@ -66,6 +67,8 @@ pub struct Shared {
     pub alerter: Alerter,
     pub engine: PluginEngine,
     pub states: ConsumerStates,
+    /// Creates a dead-letter topic found missing, with this layout.
+    pub dead_letter_topics: (Topics, TopicLayout),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -646,6 +649,7 @@ impl Deliverer {
             stop,
             &mut self.health,
             &self.state,
+            &self.shared.dead_letter_topics,
         )
         .await;
         if !written {

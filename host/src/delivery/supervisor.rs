@@ -60,6 +60,8 @@ impl Supervisor {
         states: ConsumerStates,
     ) -> Result<Self, SupervisorError> {
         let delivery = settings.delivery.clone();
+        let (delivery_admin_timeout, dead_letter_layout) =
+            (delivery.kafka_admin_timeout, delivery.dead_letter_topic);
         let sender = Sender::new(
             delivery.request_timeout,
             delivery.max_concurrent_deliveries,
@@ -78,6 +80,10 @@ impl Supervisor {
             settings: delivery,
             engine,
             states,
+            dead_letter_topics: (
+                crate::kafka::Topics::new(&settings.kafka_brokers, delivery_admin_timeout)?,
+                dead_letter_layout,
+            ),
         };
         Ok(Self {
             shared: Arc::new(shared),

@@ -199,13 +199,15 @@ fn decode(registry: &Registry, row: &AnyRow) -> Result<(StoredSubscription, bool
 }
 
 impl Registry {
+    /// Stores a new subscription under `id`, which the caller generated
+    /// (its dead-letter topic is created before the row exists).
     pub async fn create_subscription(
         &self,
+        id: Uuid,
         tenant: Option<Uuid>,
         spec: &SubscriptionSpec,
         signing_secret: &SigningSecret,
     ) -> Result<StoredSubscription, RegistryError> {
-        let id = Uuid::new_v4();
         let now = now_millis();
         let sealer = Sealer::new(self, id);
         sqlx::query(

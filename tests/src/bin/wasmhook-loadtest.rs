@@ -1,5 +1,6 @@
 //! `wasmhook-loadtest`: see `wasmhook_tests::loadtest`. Prints a report, and the
-//! same as one JSON line last; exits 1 when any message is missing.
+//! same as one JSON line last; exits 1, saying why, when any message is
+//! missing, any row was refused by the broker, or nothing was published or delivered.
 
 use clap::Parser;
 use wasmhook_tests::loadtest::{self, Options};
@@ -26,8 +27,13 @@ async fn main() -> anyhow::Result<()> {
     line["rows"] = serde_json::json!(options.rows);
     line["topics"] = serde_json::json!(options.topics);
     line["batch_size"] = serde_json::json!(options.batch_size);
+    let failures = report.failures();
+    line["failures"] = serde_json::json!(failures);
     println!("{line}");
-    if report.missing > 0 {
+    if !failures.is_empty() {
+        for failure in &failures {
+            eprintln!("FAILED: {failure}");
+        }
         std::process::exit(1);
     }
     Ok(())

@@ -4,8 +4,10 @@
 //! topics, each carrying its publish time; a wasmhook (started here as a child
 //! process, or the one at `--wasmhook`) delivers them through one subscription
 //! per topic to a receiver that stores every message in SQLite; a fault can be
-//! injected on schedule. At the end it prints the report, and as its last line
-//! the same report as one JSON object. It exits 1 when anything is missing.
+//! injected on schedule. Its topics are created through the admin API first,
+//! on any broker. At the end it prints the report, and as its last line the
+//! same report as one JSON object. It exits 1 when anything is missing, any
+//! row was refused, or nothing was published or delivered.
 
 pub mod receiver;
 pub mod report;
@@ -25,6 +27,7 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 use wasmhook::broker::EmbeddedBroker;
+use wasmhook::kafka::{Ensured, TopicLayout, Topics};
 
 use receiver::{LoadReceiver, Mode};
 
@@ -41,9 +44,13 @@ pub struct Options {
     /// Topics, one subscription each.
     #[arg(long, default_value_t = 3)]
     pub topics: usize,
-    /// Partitions per topic (embedded broker only; a real broker's topics are auto-created).
+    /// Partitions per topic. Topics are created through the admin API (any
+    /// broker); one that exists already keeps its own.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// Replication factor of the topics created; -1: the brokers' default.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub replication: i32,
     /// Approximate size of each message value, in bytes.
     #[arg(long, default_value_t = 200)]
     pub message_bytes: usize,
@@ -217,11 +224,7 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     let topics: Vec<String> = (0..options.topics)
         .map(|i| format!("loadtest-{run_id}-{i}"))
         .collect();
-    if let Some(e) = &embedded {
-        for topic in &topics {
-            e.create_topic(topic, options.partitions)?;
-        }
-    }
+    create_topics(&brokers, embedded.as_ref(), &topics, &options).await?;
 
     // Receiver.
     let store = options
@@ -290,6 +293,8 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        // The topics were created above; one missing now is refused and counted.
+        .set("allow.auto.create.topics", "false")
         .set("message.timeout.ms", "300000")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
@@ -417,6 +422,38 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     drop(producer);
     drop(embedded);
     Ok(report)
+}
+
+/// Creates the topics on any broker, before anything produces to them: a
+/// real broker usually refuses to auto-create them, and a row produced to a
+/// missing topic is refused, not delivered.
+async fn create_topics(
+    brokers: &str,
+    embedded: Option<&EmbeddedBroker>,
+    topics: &[String],
+    options: &Options,
+) -> anyhow::Result<()> {
+    let layout = TopicLayout::new(options.partitions, options.replication)
+        .context("--partitions or --replication")?;
+    if let Some(broker) = embedded {
+        // The mock cluster has no admin API: this is how it gets the layout asked for.
+        for topic in topics {
+            broker.create_topic(topic, options.partitions)?;
+        }
+    }
+    let admin =
+        Topics::new(brokers, Duration::from_secs(30)).context("creating a Kafka admin client")?;
+    for topic in topics {
+        match admin.ensure(topic, layout).await? {
+            Ensured::Created | Ensured::Existed => {}
+            Ensured::AutoCreated => eprintln!(
+                "The brokers have no admin API: topic {topic} was auto-created with their \
+                 default partitions, not --partitions {}.",
+                options.partitions
+            ),
+        }
+    }
+    Ok(())
 }
 
 async fn begin_fault(

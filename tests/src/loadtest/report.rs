@@ -80,6 +80,32 @@ pub fn compute(expected: &HashSet<u64>, publish_failed: u64, receipts: &[Receipt
     }
 }
 
+impl Report {
+    /// Why this run failed, each reason a sentence; empty when it passed. A
+    /// run fails when a row is missing, when the broker refused any row (the
+    /// test did not test what it was asked to), or when nothing was published
+    /// or delivered (it tested nothing).
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.publish_failed > 0 {
+            failures.push(format!(
+                "the broker refused {} rows: check that the topics exist and that \
+                 this client may write to them",
+                self.publish_failed
+            ));
+        }
+        if self.expected == 0 {
+            failures.push("nothing was published: no row was acknowledged by the broker".into());
+        } else if self.received == 0 {
+            failures.push("nothing was delivered: the receiver got none of the rows".into());
+        }
+        if self.missing > 0 {
+            failures.push(format!("{} acknowledged rows never arrived", self.missing));
+        }
+        failures
+    }
+}
+
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
@@ -124,6 +150,49 @@ mod tests {
         assert_eq!(percentile(&values, 0.5), 50.0);
         assert_eq!(percentile(&values, 0.99), 99.0);
         assert_eq!(percentile(&[7.0], 0.99), 7.0);
+    }
+
+    #[test]
+    fn a_run_where_everything_arrived_passes() {
+        let report = compute(&[1, 2].into(), 0, &[receipt(1, 0, 1), receipt(2, 0, 1)]);
+        assert_eq!(report.failures(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_run_that_published_nothing_fails_even_with_nothing_missing() {
+        let report = compute(&HashSet::new(), 0, &[]);
+        assert_eq!(report.missing, 0);
+        let failures = report.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("nothing was published"),
+            "{failures:?}"
+        );
+    }
+
+    #[test]
+    fn a_run_whose_rows_were_all_refused_fails_and_says_so() {
+        let report = compute(&HashSet::new(), 2000, &[]);
+        let failures = report.failures().join("; ");
+        assert!(failures.contains("refused 2000 rows"), "{failures}");
+        assert!(failures.contains("nothing was published"), "{failures}");
+    }
+
+    #[test]
+    fn one_refused_row_fails_a_run_that_delivered_the_rest() {
+        let report = compute(&[1].into(), 1, &[receipt(1, 0, 1)]);
+        assert_eq!(report.failures().len(), 1);
+    }
+
+    #[test]
+    fn a_run_that_delivered_nothing_fails() {
+        let report = compute(&[1, 2].into(), 0, &[]);
+        let failures = report.failures().join("; ");
+        assert!(failures.contains("nothing was delivered"), "{failures}");
+        assert!(
+            failures.contains("2 acknowledged rows never arrived"),
+            "{failures}"
+        );
     }
 
     #[test]

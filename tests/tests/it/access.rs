@@ -522,7 +522,9 @@ async fn a_mandatory_policy_applies_to_every_subscription_of_the_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lists_page_with_a_limit_and_the_next_link() {
     let db = TestDb::create(Db::Sqlite).await;
-    let app = TestApp::spawn(test_settings(&db.url, "127.0.0.1:1")).await;
+    // A broker that answers: each subscription's dead-letter topic is created with it.
+    let broker = wasmhook::broker::EmbeddedBroker::start(1).unwrap();
+    let app = TestApp::spawn(test_settings(&db.url, &broker.bootstrap_servers())).await;
     let admin = app.caller(Some(ADMIN_TOKEN));
     let mut created = Vec::new();
     for i in 0..5 {

@@ -608,6 +608,95 @@ impl System {
     }
 }
 
+// ---- tansu: a stricter broker ----
+
+/// The tansu release the README's test command installs.
+pub const TANSU_VERSION: &str = "0.6.0";
+
+/// tansu, a Kafka-compatible broker in Rust, in a child process on a free
+/// loopback port with in-memory storage. Unlike the mock cluster it does not
+/// auto-create topics, so what works here does not rely on that. Its group
+/// coordinator never expires a dead member's session (0.6): no SIGKILL tests on it.
+pub struct Tansu {
+    pub brokers: String,
+    _child: tokio::process::Child,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Tansu {
+    /// Starts tansu and waits until it answers a metadata request. Panics,
+    /// saying how to install it, when the binary is missing: a test that
+    /// needs tansu never passes without it.
+    pub async fn start() -> Self {
+        let binary = tansu_binary().unwrap_or_else(|| {
+            panic!(
+                "tansu is not installed (looked on PATH and in ~/.cargo/bin). These tests need \
+                 it: cargo install --locked tansu@{TANSU_VERSION} --features dynostore \
+                 (the README's test command runs this)"
+            )
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = tempfile::NamedTempFile::new().expect("a log file for tansu");
+        let mut child = tokio::process::Command::new(&binary)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().expect("tansu's log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let brokers = format!("127.0.0.1:{port}");
+        let probe = wasmhook::kafka::Topics::new(&brokers, Duration::from_secs(1))
+            .expect("a Kafka admin client");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "tansu exited ({status}) before answering; its log:\n{}",
+                    std::fs::read_to_string(log.path()).unwrap_or_default()
+                );
+            }
+            if probe.partitions("tansu-readiness").await.is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tansu did not answer metadata on {brokers} within 30 s; its log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            brokers,
+            _child: child,
+            _log: log,
+        }
+    }
+}
+
+/// `tansu` on PATH, else where `cargo install` puts it.
+fn tansu_binary() -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cargo"))
+        });
+    on_path
+        .into_iter()
+        .chain(cargo_home.map(|home| home.join("bin")))
+        .map(|dir| dir.join("tansu"))
+        .find(|candidate| candidate.is_file())
+}
+
 // ---- SMTP ----
 
 /// Mail one SMTP server received.

@@ -1,6 +1,7 @@
 //! Black-box tests of wasmhook: the real application on port 0, a real
-//! Kafka-protocol broker (librdkafka's mock cluster), a real webhook receiver,
-//! SQLite and the machine's PostgreSQL.
+//! Kafka-protocol broker (librdkafka's mock cluster; tansu, a stricter one,
+//! where the broker's behaviour matters), a real webhook receiver, SQLite and
+//! the machine's PostgreSQL.
 
 mod access;
 mod alerting;
@@ -15,3 +16,4 @@ mod plugins;
 mod sandbox;
 mod secrets;
 mod ssrf;
+mod topics;
