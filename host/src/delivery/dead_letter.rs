@@ -217,6 +217,15 @@ impl DeadLetters {
     }
 }
 
+/// A batch to dead-letter: where, what, under which delivery id, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Letter<'a> {
+    pub topic: &'a str,
+    pub records: &'a [Record],
+    pub delivery_id: &'a str,
+    pub reason: &'a str,
+}
+
 /// How long the dead-letter loop waits between attempts, at most.
 const MAX_DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 
@@ -230,15 +239,18 @@ const MAX_DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 /// Returns false when stopped first.
 pub async fn write_until_acknowledged(
     dead_letters: &DeadLetters,
-    topic: &str,
-    records: &[Record],
-    delivery_id: &str,
-    reason: &str,
+    letter: Letter<'_>,
     stop: &tokio_util::sync::CancellationToken,
     health: &mut HealthKeeper,
     state: &StateHandle,
     topics: &(Topics, TopicLayout),
 ) -> bool {
+    let Letter {
+        topic,
+        records,
+        delivery_id,
+        reason,
+    } = letter;
     let mut wait = Duration::from_millis(200);
     let mut reported = false;
     let mut created = false;

@@ -642,10 +642,12 @@ impl Deliverer {
         let topic = dead_letter::topic_for(self.id);
         let written = dead_letter::write_until_acknowledged(
             &self.shared.dead_letters,
-            &topic,
-            records,
-            delivery_id,
-            reason,
+            dead_letter::Letter {
+                topic: &topic,
+                records,
+                delivery_id,
+                reason,
+            },
             stop,
             &mut self.health,
             &self.state,
