@@ -81,6 +81,11 @@ impl EmbeddedBroker {
         self.cluster().request_errors(api, errors)
     }
 
+    /// Ends [`Self::fail_requests`] for `api`: its requests succeed again.
+    pub fn stop_failing_requests(&self, api: rdkafka::types::RDKafkaApiKey) {
+        self.cluster().clear_request_errors(api)
+    }
+
     fn set_initial_rebalance_delay(&self, delay: Duration) {
         // SAFETY: the mock cluster pointer comes from our live client handle and
         // stays valid while `self.handle` lives; the call only sets an integer.

@@ -170,20 +170,36 @@ impl ConsumerContext for PipelineContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                self.commit_failures.store(0, Ordering::SeqCst);
-            }
-            // Nothing stored to commit is not a failure.
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                let failures = self.commit_failures.fetch_add(1, Ordering::SeqCst) + 1;
-                tracing::warn!(subscription = %self.subscription, error = %error, failures, "Commit failed; the positions stay stored and are sent again.");
-                *self.last_commit_error.lock().expect("commit error lock") =
-                    Some(error.to_string());
-            }
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        // A commit can succeed as a request and fail for its partitions:
+        // both count.
+        let partition_error = offsets
+            .elements()
+            .iter()
+            .find_map(|element| element.error().err());
+        match (result, partition_error) {
+            (Err(error), _) | (Ok(()), Some(error)) => self.record_commit(Some(Err(error))),
+            (Ok(()), None) => self.record_commit(Some(Ok(()))),
         }
+    }
+}
+
+impl PipelineContext {
+    /// Counts a commit's result (`None`: it did not answer in time).
+    pub fn record_commit(&self, result: Option<KafkaResult<()>>) {
+        let error = match result {
+            // Nothing stored that is not committed: nothing is failing either.
+            Some(Ok(()))
+            | Some(Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset))) => {
+                self.commit_failures.store(0, Ordering::SeqCst);
+                return;
+            }
+            Some(Err(error)) => error.to_string(),
+            None => "the commit did not answer in time".to_string(),
+        };
+        let failures = self.commit_failures.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::warn!(subscription = %self.subscription, error = %error, failures, "Commit failed; the positions stay stored and are sent again.");
+        *self.last_commit_error.lock().expect("commit error lock") = Some(error);
     }
 }
 
@@ -278,7 +294,7 @@ pub fn store_and_commit(consumer: &PipelineConsumer, positions: &Positions) -> u
 }
 
 /// Commits what is stored, asynchronously (the result reaches the context).
-pub fn commit_stored(consumer: &PipelineConsumer) {
+fn commit_stored(consumer: &PipelineConsumer) {
     if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async) {
         match error {
             KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}

@@ -257,6 +257,8 @@ impl Pipeline {
         // Set while commits keep failing: nothing more is fetched or handed off.
         let mut commits_blocked = false;
         let mut consumer_errors = ConsumerErrors::default();
+        let mut commit_tick = tokio::time::interval(COMMIT_CHECK_INTERVAL);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             // Hand the batch to delivery as soon as both are ready.
@@ -264,9 +266,15 @@ impl Pipeline {
                 let flush = batcher.take();
                 let flush = keep_owned(flush, context);
                 let deliverer = idle.take().expect("the deliverer is idle without a batch");
-                consumer::set_paused(consumer, false);
                 in_flight = Some(InFlight::start(deliverer, flush, stop.child_token()));
             }
+            // Fetching pauses exactly while nothing more can be taken on: the
+            // next batch is full behind the one in flight, or commits fail.
+            // (Recomputed every turn: a rebalance may have emptied the batch.)
+            consumer::set_paused(
+                consumer,
+                commits_blocked || (batcher.is_full() && in_flight.is_some()),
+            );
             let deadline = batcher
                 .deadline()
                 .filter(|_| in_flight.is_none() && !commits_blocked);
@@ -304,8 +312,19 @@ impl Pipeline {
                         self.state.set(ConsumerState::Running, None);
                     }
                 }
-                _ = sleep(COMMIT_RETRY_INTERVAL), if commits_blocked => {
-                    consumer::commit_stored(consumer);
+                // Commit results arrive by callback (auto-commit's, every
+                // second): looked at on every batch and on this tick. While
+                // blocked, the tick commits synchronously, off the runtime, to
+                // learn at first hand whether commits go through again.
+                _ = commit_tick.tick() => {
+                    if commits_blocked {
+                        let committing = consumer.clone();
+                        let result = off_runtime(COMMIT_TIMEOUT, move || {
+                            committing.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+                        })
+                        .await;
+                        context.record_commit(result);
+                    }
                     commits_blocked = self.check_commits(consumer, commits_blocked);
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
@@ -338,10 +357,7 @@ impl Pipeline {
                     } else {
                         batcher.skip(&message, epoch, Instant::now());
                     }
-                    if batcher.is_full() && (in_flight.is_some() || commits_blocked) {
-                        // Full, and delivery busy: stop fetching, keep polling.
-                        consumer::set_paused(consumer, true);
-                    }
+
                 }
             }
         }
@@ -369,11 +385,9 @@ impl Pipeline {
                 last.as_deref().unwrap_or("no error text")
             );
             tracing::warn!(subscription = %self.id, reason = %reason, "Pausing the consumer.");
-            consumer::set_paused(consumer, true);
             self.state.set(ConsumerState::Paused, Some(reason));
         } else if !block && blocked {
             tracing::info!(subscription = %self.id, "Commits succeed again; resuming the consumer.");
-            consumer::set_paused(consumer, false);
             self.state.set(ConsumerState::Running, None);
         }
         block
@@ -691,8 +705,11 @@ impl Deliverer {
     }
 }
 
-/// How often a pipeline whose commits keep failing tries again.
-const COMMIT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a pipeline looks at its commits' results (and, while they keep
+/// failing, sends its stored positions again).
+const COMMIT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a synchronous commit (while commits keep failing) may take.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping pipeline waits for its consumer to leave the group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -621,11 +621,13 @@ async fn failing_commits_pause_fetching_until_one_succeeds_and_nothing_is_lost()
     produce(&sys.producer, "commits", 0, &values(0..5)).await;
     sys.receiver.wait_for_delivered(5, WAIT).await;
 
-    // The broker refuses the next commits (an error librdkafka does not retry).
+    // The broker refuses every commit (an error librdkafka does not retry).
     sys.broker.fail_requests(
         RDKafkaApiKey::OffsetCommit,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 12],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 1000],
     );
+    // Slow answers: the failures are noticed long before all is delivered.
+    sys.receiver.delay_answers(Some(Duration::from_millis(200)));
     produce(&sys.producer, "commits", 0, &values(5..60)).await;
     let paused = sys
         .app
@@ -633,8 +635,16 @@ async fn failing_commits_pause_fetching_until_one_succeeds_and_nothing_is_lost()
         .await;
     let reason = paused["consumer"]["reason"].as_str().unwrap();
     assert!(reason.contains("commits failed in a row"), "{reason}");
+    let while_paused = positions(&sys.receiver.delivered()).len();
+    assert!(
+        while_paused < 60,
+        "fetching stopped before everything was taken on"
+    );
 
     // Once a commit goes through, fetching resumes and everything arrives.
+    sys.broker
+        .stop_failing_requests(RDKafkaApiKey::OffsetCommit);
+    sys.receiver.delay_answers(None);
     sys.app
         .wait_for_status(&id, WAIT, |s| s["consumer"]["state"] == "running")
         .await;
