@@ -254,6 +254,8 @@ impl Pipeline {
         // The deliverer is here while idle, in the task while a batch is in flight.
         let mut idle = Some(deliverer);
         let mut in_flight: Option<InFlight> = None;
+        // Full batches waiting behind the one in flight, oldest first.
+        let mut ready = Ready::default();
         // Set while commits keep failing: nothing more is fetched or handed off.
         let mut commits_blocked = false;
         let mut consumer_errors = ConsumerErrors::default();
@@ -261,23 +263,32 @@ impl Pipeline {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
-            // Hand the batch to delivery as soon as both are ready.
-            if in_flight.is_none() && !commits_blocked && due(&batcher) {
-                let flush = batcher.take();
-                let flush = keep_owned(flush, context);
-                let deliverer = idle.take().expect("the deliverer is idle without a batch");
-                in_flight = Some(InFlight::start(deliverer, flush, stop.child_token()));
+            // Hand the oldest batch to delivery as soon as both are ready.
+            if in_flight.is_none() && !commits_blocked {
+                let next = match ready.pop() {
+                    Some(flush) => Some(flush),
+                    None if due(&batcher) => Some(batcher.take()),
+                    None => None,
+                };
+                if let Some(flush) = next {
+                    let flush = keep_owned(flush, context);
+                    let deliverer = idle.take().expect("the deliverer is idle without a batch");
+                    in_flight = Some(InFlight::start(deliverer, flush, stop.child_token()));
+                }
             }
-            // Fetching pauses exactly while nothing more can be taken on: the
-            // next batch is full behind the one in flight, or commits fail.
-            // (Recomputed every turn: a rebalance may have emptied the batch.)
-            consumer::set_paused(
-                consumer,
-                commits_blocked || (batcher.is_full() && in_flight.is_some()),
-            );
+            // Fetching pauses while commits fail or while the batches waiting
+            // behind the one in flight reach the buffer's high-water mark, and
+            // resumes at its low-water mark (hysteresis: a resume costs a
+            // fetch round trip, so it must not happen for every batch).
+            // Recomputed every turn: a rebalance may have emptied the buffer.
+            if commits_blocked || ready.is_high() {
+                consumer::set_paused(consumer, true);
+            } else if ready.is_low() {
+                consumer::set_paused(consumer, false);
+            }
             let deadline = batcher
                 .deadline()
-                .filter(|_| in_flight.is_none() && !commits_blocked);
+                .filter(|_| in_flight.is_none() && !commits_blocked && ready.is_empty());
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
@@ -294,6 +305,7 @@ impl Pipeline {
                     commits_blocked = self.check_commits(consumer, commits_blocked);
                 }
                 _ = context.rebalanced.notified() => {
+                    ready.retain_owned(context);
                     let ownership = context.ownership();
                     let dropped = batcher.retain_owned(|key, epoch| ownership.holds(key, epoch));
                     if dropped > 0 {
@@ -357,6 +369,10 @@ impl Pipeline {
                     } else {
                         batcher.skip(&message, epoch, Instant::now());
                     }
+                    if batcher.is_full() && (in_flight.is_some() || commits_blocked) {
+                        // Delivery is busy: the full batch waits its turn.
+                        ready.push(batcher.take());
+                    }
 
                 }
             }
@@ -391,6 +407,71 @@ impl Pipeline {
             self.state.set(ConsumerState::Running, None);
         }
         block
+    }
+}
+
+/// Full batches waiting behind the one in flight, oldest first, with their
+/// size: the pipeline's own buffer, bounded by the marks below.
+#[derive(Default)]
+struct Ready {
+    flushes: std::collections::VecDeque<Flush>,
+    messages: usize,
+    bytes: usize,
+}
+
+/// Fetching pauses when this many messages or bytes wait (about what
+/// librdkafka itself would buffer for a consumer), and resumes at half.
+const READY_HIGH_MESSAGES: usize = 50_000;
+const READY_HIGH_BYTES: usize = 16 << 20;
+
+impl Ready {
+    fn size(flush: &Flush) -> (usize, usize) {
+        let bytes = flush
+            .records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len) + 64)
+            .sum();
+        (flush.records.len(), bytes)
+    }
+
+    fn push(&mut self, flush: Flush) {
+        let (messages, bytes) = Self::size(&flush);
+        self.messages += messages;
+        self.bytes += bytes;
+        self.flushes.push_back(flush);
+    }
+
+    fn pop(&mut self) -> Option<Flush> {
+        let flush = self.flushes.pop_front()?;
+        let (messages, bytes) = Self::size(&flush);
+        self.messages -= messages;
+        self.bytes -= bytes;
+        Some(flush)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.flushes.is_empty()
+    }
+
+    fn is_high(&self) -> bool {
+        self.messages >= READY_HIGH_MESSAGES || self.bytes >= READY_HIGH_BYTES
+    }
+
+    fn is_low(&self) -> bool {
+        self.messages <= READY_HIGH_MESSAGES / 2 && self.bytes <= READY_HIGH_BYTES / 2
+    }
+
+    /// Drops what is held of partitions no longer owned in their epoch.
+    fn retain_owned(&mut self, context: &PipelineContext) {
+        let flushes = std::mem::take(&mut self.flushes);
+        self.messages = 0;
+        self.bytes = 0;
+        for flush in flushes {
+            let flush = keep_owned(flush, context);
+            if !flush.positions.is_empty() {
+                self.push(flush);
+            }
+        }
     }
 }
 

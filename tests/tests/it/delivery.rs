@@ -628,7 +628,7 @@ async fn failing_commits_pause_fetching_until_one_succeeds_and_nothing_is_lost()
     );
     // Slow answers: the failures are noticed long before all is delivered.
     sys.receiver.delay_answers(Some(Duration::from_millis(200)));
-    produce(&sys.producer, "commits", 0, &values(5..60)).await;
+    produce(&sys.producer, "commits", 0, &values(5..200)).await;
     let paused = sys
         .app
         .wait_for_status(&id, WAIT, |s| s["consumer"]["state"] == "paused")
@@ -637,7 +637,7 @@ async fn failing_commits_pause_fetching_until_one_succeeds_and_nothing_is_lost()
     assert!(reason.contains("commits failed in a row"), "{reason}");
     let while_paused = positions(&sys.receiver.delivered()).len();
     assert!(
-        while_paused < 60,
+        while_paused < 200,
         "fetching stopped before everything was taken on"
     );
 
@@ -648,8 +648,8 @@ async fn failing_commits_pause_fetching_until_one_succeeds_and_nothing_is_lost()
     sys.app
         .wait_for_status(&id, WAIT, |s| s["consumer"]["state"] == "running")
         .await;
-    let delivered = sys.receiver.wait_for_delivered(60, WAIT).await;
-    assert_none_missing(&delivered, "commits", 1, 60);
+    let delivered = sys.receiver.wait_for_delivered(200, WAIT).await;
+    assert_none_missing(&delivered, "commits", 1, 200);
     assert_ordered_per_partition(&delivered);
     sys.app.stop().await;
 }
