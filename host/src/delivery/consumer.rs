@@ -13,7 +13,7 @@
 //! librdkafka's auto-commit sends whatever is stored at every interval, when
 //! partitions are revoked and when the consumer closes. The loop keeps polling
 //! while a batch is delivered and retried, so heartbeats and rebalances go on:
-//! partitions are paused while the next batch waits, never left unpolled.
+//! partitions are paused when too much waits behind it, never left unpolled.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -4,9 +4,10 @@
 //! The loop never stops polling its consumer: a flushed batch is delivered
 //! (with its retries) by a task of its own while the loop goes on serving the
 //! consumer, so heartbeats and rebalances proceed however slow the webhook.
-//! Meanwhile the next batch fills; once it is full, the partitions are paused
-//! until delivery is free again (nothing fetched is lost: librdkafka fetches
-//! again from the last consumed message on resume).
+//! Meanwhile the next batches fill and wait their turn in a bounded buffer;
+//! at its high-water mark the partitions are paused, and resumed at half
+//! (nothing fetched is lost: librdkafka fetches again from the last consumed
+//! message on resume; a resume costs a fetch round trip, hence the marks).
 //!
 //! One batch in flight per subscription keeps order per partition. Offsets are
 //! stored for commit only after the batch they cover reached a final outcome
