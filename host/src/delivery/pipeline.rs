@@ -229,6 +229,8 @@ impl Pipeline {
         tracing::info!(subscription = %self.id, topics = ?self.spec.topics(), "Pipeline started.");
 
         let result = self.run_loop(deliverer, &consumer, &stop).await;
+        // Nothing is delivered from here on; closing may take a round trip.
+        self.state.set(ConsumerState::Stopped, None);
 
         // Closing a consumer commits what was stored and leaves the group, which
         // blocks on round trips (or for as long as the broker is unreachable). A
