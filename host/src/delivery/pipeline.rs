@@ -417,7 +417,8 @@ impl Pipeline {
 /// size: the pipeline's own buffer, bounded by the marks below.
 #[derive(Default)]
 struct Ready {
-    flushes: std::collections::VecDeque<Flush>,
+    /// Each batch with its size in messages and bytes, counted once.
+    flushes: std::collections::VecDeque<(Flush, usize, usize)>,
     messages: usize,
     bytes: usize,
 }
@@ -428,25 +429,20 @@ const READY_HIGH_MESSAGES: usize = 50_000;
 const READY_HIGH_BYTES: usize = 16 << 20;
 
 impl Ready {
-    fn size(flush: &Flush) -> (usize, usize) {
+    fn push(&mut self, flush: Flush) {
+        let messages = flush.records.len();
         let bytes = flush
             .records
             .iter()
             .map(|r| r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len) + 64)
             .sum();
-        (flush.records.len(), bytes)
-    }
-
-    fn push(&mut self, flush: Flush) {
-        let (messages, bytes) = Self::size(&flush);
         self.messages += messages;
         self.bytes += bytes;
-        self.flushes.push_back(flush);
+        self.flushes.push_back((flush, messages, bytes));
     }
 
     fn pop(&mut self) -> Option<Flush> {
-        let flush = self.flushes.pop_front()?;
-        let (messages, bytes) = Self::size(&flush);
+        let (flush, messages, bytes) = self.flushes.pop_front()?;
         self.messages -= messages;
         self.bytes -= bytes;
         Some(flush)
@@ -469,7 +465,7 @@ impl Ready {
         let flushes = std::mem::take(&mut self.flushes);
         self.messages = 0;
         self.bytes = 0;
-        for flush in flushes {
+        for (flush, _, _) in flushes {
             let flush = keep_owned(flush, context);
             if !flush.positions.is_empty() {
                 self.push(flush);

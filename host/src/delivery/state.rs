@@ -52,9 +52,16 @@ pub struct ConsumerView {
     pub since: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    pub partitions: Vec<PartitionLag>,
-    #[serde(skip)]
-    lags: BTreeMap<PartitionKey, PartitionLag>,
+    /// By partition; shown as a list in partition order.
+    #[serde(serialize_with = "as_list")]
+    pub partitions: BTreeMap<PartitionKey, PartitionLag>,
+}
+
+fn as_list<S: serde::Serializer>(
+    partitions: &BTreeMap<PartitionKey, PartitionLag>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(partitions.values())
 }
 
 /// Every pipeline of this host, by subscription.
@@ -75,11 +82,7 @@ impl ConsumerStates {
     /// This host's view of `subscription`, if a pipeline for it ran here.
     pub fn get(&self, subscription: Uuid) -> Option<ConsumerView> {
         let views = self.views.read().expect("consumer states lock");
-        views.get(&subscription).map(|view| {
-            let mut view = view.clone();
-            view.partitions = view.lags.values().cloned().collect();
-            view
-        })
+        views.get(&subscription).cloned()
     }
 
     pub fn handle(&self, subscription: Uuid) -> StateHandle {
@@ -103,8 +106,7 @@ impl ConsumerStates {
             state: ConsumerState::Starting,
             since: Utc::now(),
             reason: None,
-            partitions: Vec::new(),
-            lags: BTreeMap::new(),
+            partitions: BTreeMap::new(),
         });
         change(view);
     }
@@ -137,7 +139,7 @@ impl StateHandle {
     pub fn forget_partitions(&self, partitions: &[PartitionKey]) {
         self.states.update(self.subscription, |view| {
             for key in partitions {
-                view.lags.remove(key);
+                view.partitions.remove(key);
             }
         });
     }
@@ -147,7 +149,7 @@ impl StateHandle {
     pub fn assigned(&self, partitions: &[PartitionKey]) {
         self.states.update(self.subscription, |view| {
             for (topic, partition) in partitions {
-                view.lags
+                view.partitions
                     .entry((topic.clone(), *partition))
                     .or_insert_with(|| PartitionLag {
                         topic: topic.clone(),
@@ -165,7 +167,7 @@ impl StateHandle {
     pub fn record_lag(&self, statistics: &Statistics, owned: impl Fn(&PartitionKey) -> bool) {
         let lags = lags_of(statistics, owned);
         self.states
-            .update(self.subscription, |view| view.lags = lags);
+            .update(self.subscription, |view| view.partitions = lags);
     }
 }
 

@@ -281,13 +281,7 @@ impl TestApp {
     }
 
     pub async fn set_platform(&self, status: &str, message: &str) {
-        let (code, body) = self
-            .post(
-                "/1/EventNotificationAdmin",
-                &json!({"status": status, "offline_message": message}),
-            )
-            .await;
-        assert_eq!(code, StatusCode::OK, "{body}");
+        self.as_admin().set_platform(status, message).await;
     }
 }
 
@@ -1105,79 +1099,11 @@ impl BinaryApp {
     }
 
     /// An API client for this process, as the admin.
-    pub fn caller(&self) -> HostCaller {
-        HostCaller {
-            base: self.address.clone(),
-            client: authed_client(ADMIN_TOKEN),
+    pub fn caller(&self) -> Caller {
+        Caller {
+            address: self.address.clone(),
+            http: authed_client(ADMIN_TOKEN),
         }
-    }
-}
-
-/// Calls one host's API.
-#[derive(Clone)]
-pub struct HostCaller {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl HostCaller {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.expect("the host answers");
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    pub async fn put(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::PUT, path, Some(body)).await
-    }
-
-    /// Flips the admin switch through this host.
-    pub async fn set_platform(&self, status: &str, message: &str) {
-        let (code, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/1/EventNotificationAdmin",
-                Some(&json!({"status": status, "offline_message": message})),
-            )
-            .await;
-        assert_eq!(code, StatusCode::OK, "{body}");
-    }
-
-    /// This host's consumer of subscription `id` (null when none runs here).
-    pub async fn consumer(&self, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/1/Subscription/{id}/Status")).await;
-        assert_eq!(status, 200, "{body}");
-        body["consumer"].clone()
-    }
-
-    /// The partitions this host's consumer of `id` owns.
-    pub async fn partitions(&self, id: &str) -> Vec<i64> {
-        let consumer = self.consumer(id).await;
-        consumer["partitions"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .filter_map(|p| p["partition"].as_i64())
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 
@@ -1317,6 +1243,37 @@ impl TestApp {
 }
 
 impl Caller {
+    /// Flips the admin switch through this caller's host.
+    pub async fn set_platform(&self, status: &str, message: &str) {
+        let (code, body) = self
+            .post(
+                "/1/EventNotificationAdmin",
+                &json!({"status": status, "offline_message": message}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+
+    /// The answering host's consumer of subscription `id` (null when none runs here).
+    pub async fn consumer(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/1/Subscription/{id}/Status")).await;
+        assert_eq!(status, 200, "{body}");
+        body["consumer"].clone()
+    }
+
+    /// The partitions the answering host's consumer of `id` owns.
+    pub async fn partitions(&self, id: &str) -> Vec<i64> {
+        let consumer = self.consumer(id).await;
+        consumer["partitions"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|p| p["partition"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub async fn call(
         &self,
         method: reqwest::Method,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::delivery::{WAIT, assert_none_missing, assert_ordered_per_partition, distinct, values};
-use crate::helpers::{BinaryApp, Db, HostCaller, System, produce, subscription, webhook_id_of};
+use crate::helpers::{BinaryApp, Caller, Db, System, produce, subscription, webhook_id_of};
 
 /// Flags every host of these tests runs with: lag refreshed often (the tests
 /// read the partitions each host owns from it), a short session so a killed
@@ -69,7 +69,7 @@ async fn host(sys: &Cluster) -> BinaryApp {
 
 /// Waits until `check` holds for the partitions each host owns.
 async fn wait_for_partitions(
-    hosts: &[&HostCaller],
+    hosts: &[&Caller],
     id: &str,
     within: Duration,
     check: impl Fn(&[Vec<i64>]) -> bool,
