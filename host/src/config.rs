@@ -410,8 +410,8 @@ fn parse_instance_id(text: &str) -> Result<String, String> {
 pub struct Settings {
     pub listen: SocketAddr,
     pub database_url: String,
-    /// Bootstrap servers; the binary fills this with the embedded broker when unset.
-    pub kafka_brokers: String,
+    /// How to reach Kafka; the binary fills in the embedded broker when no brokers are set.
+    pub kafka: crate::kafka::KafkaConnection,
     pub max_body_bytes: usize,
     pub delivery: DeliverySettings,
     pub smtp: Option<SmtpSettings>,
@@ -426,7 +426,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("database_url", &redact_url(&self.database_url))
-            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka", &self.kafka)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("delivery", &self.delivery)
             .field("smtp", &self.smtp)
@@ -650,7 +650,7 @@ impl Cli {
         Settings {
             listen: self.listen,
             database_url: self.database_url.clone(),
-            kafka_brokers,
+            kafka: crate::kafka::KafkaConnection::new(kafka_brokers),
             max_body_bytes: self.max_body_bytes,
             delivery: DeliverySettings {
                 start_from: self.start_from,

@@ -53,11 +53,8 @@ impl Application {
         let engine =
             PluginEngine::new(settings.delivery.plugins).context("starting the plugin runtime")?;
         // Builds clients only: nothing connects until a subscription is saved.
-        let topics = Topics::new(
-            &settings.kafka_brokers,
-            settings.delivery.kafka_admin_timeout,
-        )
-        .context("creating the Kafka admin client")?;
+        let topics = Topics::new(&settings.kafka, settings.delivery.kafka_admin_timeout)
+            .context("creating the Kafka admin client")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;

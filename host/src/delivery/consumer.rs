@@ -23,13 +23,14 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::batcher::{PartitionKey, Positions};
 use super::state::StateHandle;
 use crate::config::DeliverySettings;
+use crate::kafka::KafkaConnection;
 
 /// Which partitions the consumer owns, each with the epoch it was assigned in.
 #[derive(Debug, Default)]
@@ -209,15 +210,13 @@ pub type PipelineConsumer = StreamConsumer<PipelineContext>;
 /// by the pipeline and committed by it and by auto-commit.
 pub fn create(
     id: Uuid,
-    brokers: &str,
+    kafka: &KafkaConnection,
     settings: &DeliverySettings,
     context: PipelineContext,
 ) -> Result<PipelineConsumer, KafkaError> {
-    let mut config = ClientConfig::new();
+    let mut config = kafka.client_config(&format!("wasmhook-{id}"));
     config
-        .set("bootstrap.servers", brokers)
         .set("group.id", format!("webhooks-{id}"))
-        .set("client.id", format!("wasmhook-{id}"))
         // Only what the pipeline stored (final outcomes) is ever committed.
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")

@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -26,7 +25,7 @@ use super::alert::Transition;
 use super::health::HealthKeeper;
 use super::record::Record;
 use super::state::{ConsumerState, StateHandle};
-use crate::kafka::{TopicLayout, Topics};
+use crate::kafka::{KafkaConnection, TopicLayout, Topics};
 use crate::registry::Health;
 
 pub fn topic_for(subscription: Uuid) -> String {
@@ -140,10 +139,9 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(brokers: &str) -> Result<Self, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", "wasmhook-dead-letter")
+    pub fn new(kafka: &KafkaConnection) -> Result<Self, KafkaError> {
+        let producer = kafka
+            .client_config("wasmhook-dead-letter")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "30000")

@@ -62,7 +62,7 @@ use crate::registry::{Activity, Counts, DeadLetter, Health, Registry, StoredSubs
 pub struct Shared {
     pub registry: Registry,
     pub settings: DeliverySettings,
-    pub brokers: String,
+    pub kafka: crate::kafka::KafkaConnection,
     pub sender: Sender,
     pub dead_letters: DeadLetters,
     pub alerter: Alerter,
@@ -217,7 +217,7 @@ impl Pipeline {
 
         let consumer = consumer::create(
             self.id,
-            &self.shared.brokers,
+            &self.shared.kafka,
             &self.shared.settings,
             PipelineContext::new(self.id, self.state.clone()),
         )

@@ -75,13 +75,13 @@ impl Supervisor {
                 sender.clone(),
             )?,
             sender,
-            dead_letters: DeadLetters::new(&settings.kafka_brokers)?,
-            brokers: settings.kafka_brokers.clone(),
+            dead_letters: DeadLetters::new(&settings.kafka)?,
+            kafka: settings.kafka.clone(),
             settings: delivery,
             engine,
             states,
             dead_letter_topics: (
-                crate::kafka::Topics::new(&settings.kafka_brokers, delivery_admin_timeout)?,
+                crate::kafka::Topics::new(&settings.kafka, delivery_admin_timeout)?,
                 dead_letter_layout,
             ),
         };

@@ -19,12 +19,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, Producer};
+
+use super::KafkaConnection;
 
 /// How many partitions and replicas a topic wasmhook creates gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,15 +195,13 @@ struct Inner {
 impl Topics {
     /// Clients for `brokers`; every operation gives up after `timeout`.
     /// Nothing connects until the first operation.
-    pub fn new(brokers: &str, timeout: Duration) -> Result<Self, KafkaError> {
-        let admin = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", "wasmhook-topics")
+    pub fn new(kafka: &KafkaConnection, timeout: Duration) -> Result<Self, KafkaError> {
+        let admin = kafka
+            .client_config("wasmhook-topics")
             .set("allow.auto.create.topics", "false")
             .create()?;
-        let creator = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", "wasmhook-topics")
+        let creator = kafka
+            .client_config("wasmhook-topics")
             .set("allow.auto.create.topics", "true")
             .create()?;
         Ok(Self {

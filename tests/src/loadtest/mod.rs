@@ -441,8 +441,11 @@ async fn create_topics(
             broker.create_topic(topic, options.partitions)?;
         }
     }
-    let admin =
-        Topics::new(brokers, Duration::from_secs(30)).context("creating a Kafka admin client")?;
+    let admin = Topics::new(
+        &wasmhook::kafka::KafkaConnection::new(brokers),
+        Duration::from_secs(30),
+    )
+    .context("creating a Kafka admin client")?;
     for topic in topics {
         match admin.ensure(topic, layout).await? {
             Ensured::Created | Ensured::Existed => {}

@@ -120,7 +120,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: database_url.to_string(),
-        kafka_brokers: brokers.to_string(),
+        kafka: wasmhook::kafka::KafkaConnection::new(brokers),
         max_body_bytes: 64 * 1024,
         delivery: DeliverySettings {
             request_timeout: Duration::from_secs(2),
@@ -646,8 +646,11 @@ impl Tansu {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let brokers = format!("127.0.0.1:{port}");
-        let probe = wasmhook::kafka::Topics::new(&brokers, Duration::from_secs(1))
-            .expect("a Kafka admin client");
+        let probe = wasmhook::kafka::Topics::new(
+            &wasmhook::kafka::KafkaConnection::new(&brokers),
+            Duration::from_secs(1),
+        )
+        .expect("a Kafka admin client");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = child.try_wait() {

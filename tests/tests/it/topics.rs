@@ -24,11 +24,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Never creates what it looks at: the answer says what the broker has.
 async fn partitions_of(brokers: &str, topic: &str) -> Option<usize> {
-    Topics::new(brokers, Duration::from_secs(10))
-        .unwrap()
-        .partitions(topic)
-        .await
-        .expect("the broker answers metadata")
+    Topics::new(
+        &wasmhook::kafka::KafkaConnection::new(brokers),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .partitions(topic)
+    .await
+    .expect("the broker answers metadata")
 }
 
 fn a_record() -> Record {
@@ -123,7 +126,7 @@ async fn with_the_brokers_down_a_subscription_can_be_deactivated_but_not_reactiv
 async fn a_dead_letter_to_a_missing_topic_is_a_permanent_missing_topic_error() {
     let broker = EmbeddedBroker::start(1).unwrap();
     let brokers = broker.bootstrap_servers();
-    let dead_letters = DeadLetters::new(&brokers).unwrap();
+    let dead_letters = DeadLetters::new(&wasmhook::kafka::KafkaConnection::new(&brokers)).unwrap();
     let topic = "webhooks-deleted-dlq";
 
     let error = dead_letters
@@ -149,7 +152,7 @@ async fn a_dead_letter_to_an_existing_topic_is_written() {
     let topic = "webhooks-present-dlq";
     broker.create_topic(topic, 1).unwrap();
 
-    DeadLetters::new(&brokers)
+    DeadLetters::new(&wasmhook::kafka::KafkaConnection::new(&brokers))
         .unwrap()
         .publish(topic, &[a_record()], "delivery-1", "webhook answered 500")
         .await
@@ -195,7 +198,11 @@ async fn on_tansu_creating_a_subscription_creates_its_dead_letter_topic_with_the
     let tansu = Tansu::start().await;
     let db = TestDb::create(Db::Sqlite).await;
     let app = app_on(&tansu, &db, TopicLayout::new(3, 1).unwrap()).await;
-    let topics = Topics::new(&tansu.brokers, Duration::from_secs(10)).unwrap();
+    let topics = Topics::new(
+        &wasmhook::kafka::KafkaConnection::new(&tansu.brokers),
+        Duration::from_secs(10),
+    )
+    .unwrap();
     topics
         .ensure("orders", TopicLayout::new(1, 1).unwrap())
         .await
@@ -252,7 +259,11 @@ async fn on_tansu_a_subscription_delivers_a_message_end_to_end() {
     let db = TestDb::create(Db::Sqlite).await;
     let receiver = Receiver::start().await;
     let app = app_on(&tansu, &db, TopicLayout::new(1, 1).unwrap()).await;
-    let topics = Topics::new(&tansu.brokers, Duration::from_secs(10)).unwrap();
+    let topics = Topics::new(
+        &wasmhook::kafka::KafkaConnection::new(&tansu.brokers),
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert_eq!(
         topics
             .ensure("payments", TopicLayout::new(2, 1).unwrap())
@@ -282,11 +293,14 @@ async fn on_tansu_an_exhausted_batch_reaches_the_dead_letter_topic() {
     let receiver = Receiver::start().await;
     receiver.answer(500);
     let app = app_on(&tansu, &db, TopicLayout::new(1, 1).unwrap()).await;
-    Topics::new(&tansu.brokers, Duration::from_secs(10))
-        .unwrap()
-        .ensure("refunds", TopicLayout::new(1, 1).unwrap())
-        .await
-        .unwrap();
+    Topics::new(
+        &wasmhook::kafka::KafkaConnection::new(&tansu.brokers),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .ensure("refunds", TopicLayout::new(1, 1).unwrap())
+    .await
+    .unwrap();
     let mut body = subscription("refunds", &receiver.url, &["refunds"]);
     body["configuration"]["retry"] =
         json!({"max_retries": 1, "retry_algorithm": "exponential_backoff"});
@@ -314,7 +328,11 @@ async fn on_tansu_an_exhausted_batch_reaches_the_dead_letter_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_tansu_a_topic_with_the_brokers_default_replication_is_created_then_found() {
     let tansu = Tansu::start().await;
-    let topics = Topics::new(&tansu.brokers, Duration::from_secs(10)).unwrap();
+    let topics = Topics::new(
+        &wasmhook::kafka::KafkaConnection::new(&tansu.brokers),
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let layout = TopicLayout::new(2, TopicLayout::BROKER_DEFAULT_REPLICATION).unwrap();
 
     assert_eq!(
@@ -332,7 +350,7 @@ async fn on_tansu_a_topic_with_the_brokers_default_replication_is_created_then_f
 async fn on_tansu_a_dead_letter_to_a_missing_topic_is_a_permanent_missing_topic_error() {
     let tansu = Tansu::start().await;
 
-    let error = DeadLetters::new(&tansu.brokers)
+    let error = DeadLetters::new(&wasmhook::kafka::KafkaConnection::new(&tansu.brokers))
         .unwrap()
         .publish(
             "webhooks-gone-dlq",
