@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     // The child-process mode the load test uses to run (and SIGKILL) wasmhook.
     if args.next().as_deref() == Some("wasmhook") {
-        return loadtest::run_wasmhook(args.collect()).await;
+        return wasmhook_tests::child::run_wasmhook(args.collect()).await;
     }
     let options = Options::parse();
     let report = loadtest::run(options.clone()).await?;

@@ -14,7 +14,7 @@ pub mod report;
 pub mod rows;
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -24,11 +24,11 @@ use futures::stream::FuturesUnordered;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 use wasmhook::broker::EmbeddedBroker;
 use wasmhook::kafka::{Ensured, TopicLayout, Topics};
 
+use crate::child::{self, Child};
 use receiver::{LoadReceiver, Mode};
 
 /// Load test for wasmhook: publish, deliver, receive, compare.
@@ -104,103 +104,6 @@ pub enum Fault {
     KillWasmhook,
 }
 
-/// A wasmhook in a child process: this same executable, in its `wasmhook` mode.
-struct Child {
-    process: tokio::process::Child,
-    address: String,
-}
-
-/// The admin token of the wasmhook this tool starts (it is killed with the run).
-const CHILD_ADMIN_TOKEN: &str = "whk_loadtest00000_0123456789abcdefghijklmnop";
-
-impl Child {
-    /// `receiver`: the receiver's address, which the guard must let through.
-    async fn spawn(database_url: &str, brokers: &str, receiver: IpAddr) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("finding this executable")?;
-        let mut process = tokio::process::Command::new(exe)
-            .args(["wasmhook", "--listen", "127.0.0.1:0"])
-            .args(["--database-url", database_url, "--kafka-brokers", brokers])
-            .args(["--admin-token", CHILD_ADMIN_TOKEN])
-            .args(["--allowed-destinations", &receiver.to_string()])
-            // Faults last seconds here: keep retries short so recovery is measured, not waited for.
-            .args([
-                "--request-timeout",
-                "2s",
-                "--retry-max-delay",
-                "2s",
-                "--retry-base-delay",
-                "200ms",
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting wasmhook")?;
-        let stdout = process.stdout.take().context("wasmhook's stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let address = loop {
-            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-                .await
-                .context("wasmhook did not print its address within 60 s")??
-                .context("wasmhook exited before printing its address")?;
-            if let Some(address) = line.split("REST API on ").nth(1) {
-                break address.trim().to_string();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { process, address })
-    }
-
-    async fn kill(&mut self) {
-        let _ = self.process.kill().await;
-    }
-
-    async fn terminate(mut self) {
-        if let Some(pid) = self.process.id() {
-            // SIGTERM: let it stop gracefully, then make sure.
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-            if tokio::time::timeout(Duration::from_secs(15), self.process.wait())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        self.kill().await;
-    }
-}
-
-/// The `wasmhook` mode of this executable: runs wasmhook itself, so the load
-/// test needs no other binary built.
-pub async fn run_wasmhook(args: Vec<String>) -> anyhow::Result<()> {
-    use clap::Parser as _;
-    let cli =
-        wasmhook::config::Cli::parse_from(std::iter::once("wasmhook".to_string()).chain(args));
-    let brokers = cli
-        .kafka_brokers
-        .clone()
-        .context("the wasmhook mode needs --kafka-brokers")?;
-    let app = wasmhook::Application::build(cli.settings(brokers)).await?;
-    println!(
-        "wasmhook is serving the REST API on http://{}",
-        app.local_addr()
-    );
-    app.run_until_stopped(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    })
-    .await
-}
-
 pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let workdir = tempfile::tempdir()?;
@@ -224,7 +127,14 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     let topics: Vec<String> = (0..options.topics)
         .map(|i| format!("loadtest-{run_id}-{i}"))
         .collect();
-    create_topics(&brokers, embedded.as_ref(), &topics, &options).await?;
+    create_topics(
+        &brokers,
+        embedded.as_ref(),
+        &topics,
+        options.partitions,
+        options.replication,
+    )
+    .await?;
 
     // Receiver.
     let store = options
@@ -237,7 +147,7 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
     let database_url = format!("sqlite://{}", workdir.path().join("wasmhook.db").display());
     let mut child = match &options.wasmhook {
         Some(_) => None,
-        None => Some(Child::spawn(&database_url, &brokers, receiver.address().ip()).await?),
+        None => Some(Child::spawn(&database_url, &brokers, receiver.address().ip(), &[]).await?),
     };
     let api = match (&options.wasmhook, &child) {
         (Some(url), _) => url.trim_end_matches('/').to_string(),
@@ -245,7 +155,7 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
         (None, None) => unreachable!(),
     };
     let token = match (&options.wasmhook, &options.token) {
-        (None, _) => CHILD_ADMIN_TOKEN.to_string(),
+        (None, _) => child::ADMIN_TOKEN.to_string(),
         (Some(_), Some(token)) => token.clone(),
         (Some(_), None) => bail!("--wasmhook needs --token (or WASMHOOK_TOKEN): its admin token"),
     };
@@ -427,18 +337,19 @@ pub async fn run(options: Options) -> anyhow::Result<report::Report> {
 /// Creates the topics on any broker, before anything produces to them: a
 /// real broker usually refuses to auto-create them, and a row produced to a
 /// missing topic is refused, not delivered.
-async fn create_topics(
+pub async fn create_topics(
     brokers: &str,
     embedded: Option<&EmbeddedBroker>,
     topics: &[String],
-    options: &Options,
+    partitions: i32,
+    replication: i32,
 ) -> anyhow::Result<()> {
-    let layout = TopicLayout::new(options.partitions, options.replication)
-        .context("--partitions or --replication")?;
+    let layout =
+        TopicLayout::new(partitions, replication).context("--partitions or --replication")?;
     if let Some(broker) = embedded {
         // The mock cluster has no admin API: this is how it gets the layout asked for.
         for topic in topics {
-            broker.create_topic(topic, options.partitions)?;
+            broker.create_topic(topic, partitions)?;
         }
     }
     let admin = Topics::new(
@@ -451,8 +362,7 @@ async fn create_topics(
             Ensured::Created | Ensured::Existed => {}
             Ensured::AutoCreated => eprintln!(
                 "The brokers have no admin API: topic {topic} was auto-created with their \
-                 default partitions, not --partitions {}.",
-                options.partitions
+                 default partitions, not --partitions {partitions}."
             ),
         }
     }
@@ -490,7 +400,7 @@ async fn end_fault(
         Fault::BrokerDown => broker.context("embedded broker")?.broker_up(1)?,
         Fault::KillWasmhook => {
             return Ok(Some(
-                Child::spawn(database_url, brokers, receiver.address().ip()).await?,
+                Child::spawn(database_url, brokers, receiver.address().ip(), &[]).await?,
             ));
         }
     }
