@@ -116,6 +116,13 @@ pub struct Cli {
     #[arg(long, env = "WASMHOOK_ASSIGNMENT_STRATEGY", value_enum, default_value_t = AssignmentStrategy::CooperativeSticky, global = true)]
     pub assignment_strategy: AssignmentStrategy,
 
+    /// How long a fetch waits at the broker when there is nothing new. A
+    /// real broker answers as soon as messages arrive, so this only sets how
+    /// often an idle consumer asks (raise it for many idle subscriptions);
+    /// the embedded broker always waits this long, so there it adds latency.
+    #[arg(long, env = "WASMHOOK_FETCH_WAIT", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
+    pub fetch_wait: Duration,
+
     /// How often each consumer's lag per partition is refreshed (shown in status).
     #[arg(long, env = "WASMHOOK_LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub lag_interval: Duration,
@@ -508,6 +515,8 @@ pub struct DeliverySettings {
     pub assignment_strategy: AssignmentStrategy,
     /// How often librdkafka reports statistics (the lag in status).
     pub lag_interval: Duration,
+    /// `fetch.wait.max.ms` of every consumer.
+    pub fetch_wait: Duration,
     /// Plugin settings live here rather than in [`Settings`] because this
     /// struct has a `Default`, which the tests and the load test build on.
     pub plugins: RuntimeSettings,
@@ -535,6 +544,7 @@ impl Default for DeliverySettings {
             session_timeout: Duration::from_secs(10),
             assignment_strategy: AssignmentStrategy::CooperativeSticky,
             lag_interval: Duration::from_secs(5),
+            fetch_wait: Duration::from_millis(100),
             plugins: RuntimeSettings::default(),
             destinations: DestinationPolicy::public_only(),
             dead_letter_topic: TopicLayout::default(),
@@ -666,6 +676,7 @@ impl Cli {
                 session_timeout: self.session_timeout,
                 assignment_strategy: self.assignment_strategy,
                 lag_interval: self.lag_interval,
+                fetch_wait: self.fetch_wait,
                 dead_letter_topic: self.dead_letter_topic(false),
                 kafka_admin_timeout: self.kafka_admin_timeout,
                 plugins: RuntimeSettings {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
+use crate::delivery::ledger::Ledger;
 use crate::delivery::state::ConsumerStates;
 use crate::domain::AccessToken;
 use crate::kafka::Topics;
@@ -68,6 +69,7 @@ impl Application {
                 destinations: settings.delivery.destinations.clone(),
                 secret_rotation_overlap: settings.secrets.rotation_overlap,
                 states: ConsumerStates::new(host_name(settings.delivery.instance_id.as_deref())),
+                ledger: Ledger::new(),
                 topics,
                 dead_letter_topic: settings.delivery.dead_letter_topic,
             },
@@ -112,9 +114,18 @@ impl Application {
             &self.settings,
             self.state.engine.clone(),
             self.state.states.clone(),
+            self.state.ledger.clone(),
         )
         .context("starting the delivery engine")?;
         let delivery = tokio::spawn(supervisor.run(stop.clone()));
+        // Stopped after the delivery engine, so its last counts are written.
+        let ledger_stop = CancellationToken::new();
+        let ledger = tokio::spawn(
+            self.state
+                .ledger
+                .clone()
+                .run(self.state.registry.clone(), ledger_stop.clone()),
+        );
 
         let router = api::router(self.state.clone(), self.settings.max_body_bytes);
         let server_stop = stop.clone();
@@ -135,6 +146,8 @@ impl Application {
             Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "Delivery engine panicked."),
         }
+        ledger_stop.cancel();
+        let _ = ledger.await;
         self.state.registry.close().await;
         served
     }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub destinations: crate::egress::DestinationPolicy,
     /// What each pipeline on this host is doing (shown in status).
     pub states: crate::delivery::state::ConsumerStates,
+    /// This host's counters and attempts not yet written (shown in status).
+    pub ledger: crate::delivery::ledger::Ledger,
     /// How long a rotated-out signing secret keeps signing.
     pub secret_rotation_overlap: std::time::Duration,
     /// Creates each subscription's dead-letter topic before it is saved.

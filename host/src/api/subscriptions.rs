@@ -333,9 +333,20 @@ pub(super) async fn status(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let stored = load(&state, &principal, &id).await?;
+    // Counters and attempts are partly in the registry, partly still in this
+    // host's ledger: both are read while no flush moves them.
+    let reading = state.ledger.reading().await;
+    let mut stored = load(&state, &principal, &id).await?;
+    let stored_activity = state.registry.recent_activity(stored.id).await?;
+    let (pending_counts, pending_activity) = state.ledger.pending(stored.id);
+    drop(reading);
+    stored.counts += pending_counts;
+    // Newest first: what is pending is newer; the sort is stable, so entries
+    // stored with a coarser time keep that order.
+    let mut activity = [pending_activity, stored_activity].concat();
+    activity.sort_by_key(|entry| std::cmp::Reverse(entry.timestamp));
+    activity.truncate(crate::registry::ACTIVITY_RING as usize);
     let admin = state.registry.admin_state().await?;
-    let activity = state.registry.recent_activity(stored.id).await?;
     let dead_letters = state.registry.recent_dead_letters(stored.id).await?;
     let mut body = json!({
         "id": stored.id,

@@ -242,7 +242,10 @@ pub fn create(
             "partition.assignment.strategy",
             settings.assignment_strategy.as_kafka(),
         )
-        .set("fetch.wait.max.ms", "100")
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait.as_millis().max(1).to_string(),
+        )
         // Topics are created explicitly; a subscription to a missing topic waits for it.
         .set("allow.auto.create.topics", "false")
         // Notice topics created after the subscription within seconds, not minutes.

@@ -19,6 +19,8 @@
 //! - [`sender`]: one webhook request, signed, with its activity record.
 //! - [`dead_letter`]: exhausted batches to a Kafka topic per subscription.
 //! - [`health`]: health transitions, recorded once across hosts, alerted on.
+//! - [`ledger`]: outcome counters and delivery attempts, kept in memory and
+//!   written to the registry once a second (not per batch).
 //! - [`alert`]: email or signed webhook on health transitions, rate limited, off the delivery path.
 //!
 //! Semantics (docs/ARCHITECTURE.md): at-least-once; an offset is committed
@@ -34,6 +36,7 @@ pub mod dead_letter;
 pub mod failure;
 pub mod filter;
 pub mod health;
+pub mod ledger;
 pub mod pipeline;
 pub mod plugins;
 pub mod record;

@@ -68,6 +68,8 @@ pub struct Shared {
     pub alerter: Alerter,
     pub engine: PluginEngine,
     pub states: ConsumerStates,
+    /// Counters and attempts, written to the registry once a second.
+    pub ledger: super::ledger::Ledger,
     /// Creates a dead-letter topic found missing, with this layout.
     pub dead_letter_topics: (Topics, TopicLayout),
 }
@@ -573,9 +575,7 @@ impl Deliverer {
                 }
             }
         }
-        if let Err(error) = self.shared.registry.add_counts(self.id, counts).await {
-            tracing::warn!(subscription = %self.id, error = %error, "Could not update the counters.");
-        }
+        self.shared.ledger.add_counts(self.id, counts);
         Some(flush.positions)
     }
 
@@ -655,14 +655,9 @@ impl Deliverer {
                     ready.body.clone(),
                 )
                 .await;
-            if let Err(error) = self
-                .shared
-                .registry
-                .record_activity(self.id, &Activity::ApiCall(attempt.call))
-                .await
-            {
-                tracing::warn!(subscription = %self.id, error = %error, "Could not record the attempt.");
-            }
+            self.shared
+                .ledger
+                .record(self.id, Activity::ApiCall(attempt.call));
             let failure = match attempt.outcome {
                 Outcome::Delivered => {
                     tracing::debug!(subscription = %self.id, delivery = %delivery_id, messages = ready.kept.len(), "Batch delivered.");

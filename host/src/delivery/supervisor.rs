@@ -58,6 +58,7 @@ impl Supervisor {
         settings: &Settings,
         engine: crate::plugin::PluginEngine,
         states: ConsumerStates,
+        ledger: super::ledger::Ledger,
     ) -> Result<Self, SupervisorError> {
         let delivery = settings.delivery.clone();
         let (delivery_admin_timeout, dead_letter_layout) =
@@ -80,6 +81,7 @@ impl Supervisor {
             settings: delivery,
             engine,
             states,
+            ledger,
             dead_letter_topics: (
                 crate::kafka::Topics::new(&settings.kafka, delivery_admin_timeout)?,
                 dead_letter_layout,

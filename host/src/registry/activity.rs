@@ -171,3 +171,74 @@ impl Registry {
             .collect()
     }
 }
+
+/// What a host's delivery engine has to write for one subscription since its
+/// last flush: outcome counters to add and delivery attempts to record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Bookkeeping {
+    pub counts: super::Counts,
+    /// Oldest first.
+    pub activity: Vec<ActivityEntry>,
+}
+
+impl Registry {
+    /// Writes the bookkeeping of many subscriptions in one transaction:
+    /// counters added, activity inserted with the time it happened, each ring
+    /// trimmed once. Subscriptions deleted meanwhile are skipped.
+    pub async fn write_bookkeeping(
+        &self,
+        entries: &[(Uuid, Bookkeeping)],
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        for (subscription, book) in entries {
+            let id = subscription.to_string();
+            let counts = book.counts;
+            if counts != super::Counts::default() {
+                sqlx::query(
+                    "UPDATE subscriptions SET delivered_messages = delivered_messages + $1, \
+                     filtered_messages = filtered_messages + $2, \
+                     dead_lettered_messages = dead_lettered_messages + $3, \
+                     denied_messages = denied_messages + $4 WHERE id = $5",
+                )
+                .bind(counts.delivered)
+                .bind(counts.filtered)
+                .bind(counts.dead_lettered)
+                .bind(counts.denied)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if book.activity.is_empty() {
+                continue;
+            }
+            for entry in &book.activity {
+                let detail = match &entry.activity {
+                    Activity::ApiCall(call) => {
+                        Some(serde_json::to_string(call).expect("serialises"))
+                    }
+                    _ => None,
+                };
+                sqlx::query(
+                    "INSERT INTO activity (subscription_id, at, event, detail) \
+                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1)",
+                )
+                .bind(&id)
+                .bind(entry.timestamp.timestamp_millis())
+                .bind(entry.activity.event())
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "DELETE FROM activity WHERE subscription_id = $1 AND id <= \
+                 (SELECT id FROM activity WHERE subscription_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(&id)
+            .bind(ACTIVITY_RING)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -29,7 +29,7 @@ use sqlx::{AnyPool, Executor};
 use crate::secrets::{SealError, SecretKey};
 pub use access::{CONFIGURED_ADMIN_LABEL, StoredTenant, StoredToken};
 
-pub use activity::{Activity, ActivityEntry, ApiCall, DeadLetter};
+pub use activity::{ACTIVITY_RING, Activity, ActivityEntry, ApiCall, Bookkeeping, DeadLetter};
 pub use admin::{AdminState, PlatformStatus};
 pub use changes::Fingerprint;
 pub use page::{Cursor, Listing, Page};

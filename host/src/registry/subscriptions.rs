@@ -63,6 +63,15 @@ pub struct Counts {
     pub denied: i64,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.delivered += other.delivered;
+        self.filtered += other.filtered;
+        self.dead_lettered += other.dead_lettered;
+        self.denied += other.denied;
+    }
+}
+
 const COLUMNS: &str = "id, tenant_id, spec, signing_secret, health, status_reason, status_changed_at, created_at, \
      updated_at, revision, delivered_messages, filtered_messages, dead_lettered_messages, \
      denied_messages, previous_signing_secret, previous_secret_expires_at";
@@ -456,27 +465,6 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         Ok(false)
-    }
-
-    /// Adds to the outcome counters (one write per batch).
-    pub async fn add_counts(&self, id: Uuid, counts: Counts) -> Result<(), RegistryError> {
-        if counts == Counts::default() {
-            return Ok(());
-        }
-        sqlx::query(
-            "UPDATE subscriptions SET delivered_messages = delivered_messages + $1, \
-             filtered_messages = filtered_messages + $2, \
-             dead_lettered_messages = dead_lettered_messages + $3, \
-             denied_messages = denied_messages + $4 WHERE id = $5",
-        )
-        .bind(counts.delivered)
-        .bind(counts.filtered)
-        .bind(counts.dead_lettered)
-        .bind(counts.denied)
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Marks the moment a subscription's shown status changed for another reason

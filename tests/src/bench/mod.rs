@@ -9,7 +9,9 @@
 //!   then wasmhook with one subscription per topic and a JMES filter that
 //!   keeps half (batch `--batch-size`), then the same with the Rust Wasm
 //!   filter `field-match` instead. Each reports messages consumed and
-//!   delivered per second and, for wasmhook, CPU µs per consumed message.
+//!   delivered per second (bare consumers: from their first message to their
+//!   last; wasmhook: from the first consumer's assignment to the last
+//!   request received) and, for wasmhook, CPU µs per consumed message.
 //! - **latency**: one subscription with batch size 1, messages published at
 //!   `--latency-rate` per second for `--latency-duration`; publish → receipt
 //!   p50 / p99 / max.
@@ -442,6 +444,10 @@ impl Bench {
                 .await?,
             );
         }
+        // Consumption starts when a consumer is assigned its partitions
+        // (librdkafka fetches ahead of the first request, so the first
+        // receipt would be too late a start).
+        let started = self.first_running(&ids).await?;
         let deadline = Instant::now() + self.options.timeout;
         while self.receiver.messages() < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -473,11 +479,11 @@ impl Bench {
                 "{what}: the counters show {consumed} of {total} messages consumed"
             ));
         }
-        let (first, last) = self
+        let (_, last) = self
             .receiver
             .window()
             .with_context(|| format!("{what}: nothing was delivered"))?;
-        let seconds = (last - first).as_secs_f64().max(0.001);
+        let seconds = (last - started).as_secs_f64().max(0.001);
         Ok(Throughput {
             what: what.to_string(),
             consumed,
@@ -684,6 +690,23 @@ impl Bench {
     async fn consumer_state(&self, id: &str) -> anyhow::Result<Option<String>> {
         let status = self.status(id).await?;
         Ok(status["consumer"]["state"].as_str().map(str::to_string))
+    }
+
+    /// When the first of `ids` was seen running (assigned its partitions).
+    async fn first_running(&self, ids: &[String]) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + self.options.timeout;
+        while Instant::now() < deadline {
+            for id in ids {
+                if self.consumer_state(id).await?.as_deref() == Some("running") {
+                    return Ok(Instant::now());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!(
+            "no subscription was running within {:?}",
+            self.options.timeout
+        )
     }
 
     async fn wait_running(&self, id: &str) -> anyhow::Result<()> {

@@ -413,6 +413,47 @@ async fn a_graceful_restart_mid_stream_loses_and_repeats_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counters_and_attempts_kept_in_memory_are_written_before_a_graceful_stop() {
+    let mut sys = System::start(Db::Sqlite).await;
+    sys.topic("books", 1);
+    let mut body = subscription("books", &sys.receiver.url, &["books"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 1});
+    let id = sys.app.subscribe(&body).await;
+    produce(&sys.producer, "books", 0, &values(0..20)).await;
+    sys.receiver.wait_for_delivered(20, WAIT).await;
+    // Shown at once by the host that delivered, flushed or not.
+    let status = sys
+        .app
+        .wait_for_status(&id, WAIT, |s| s["counts"]["delivered"] == 20)
+        .await;
+    assert!(
+        status["recent_activity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "api_call" && e["response_code"] == 200)
+    );
+
+    // The new process has nothing in memory: what it shows was written.
+    sys.restart().await;
+    let status = sys.app.status_of(&id).await;
+    assert_eq!(status["counts"]["delivered"], 20);
+    let calls = status["recent_activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "api_call")
+        .count();
+    assert_eq!(
+        calls,
+        sys.receiver.requests().len(),
+        "every attempt recorded once"
+    );
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_process_loses_nothing_and_repeats_at_most_the_batches_in_flight() {
     let sys = System::start(Db::Sqlite).await;
     sys.topic("crash", 3);

@@ -1,0 +1,245 @@
+//! The delivery engine's bookkeeping, kept in memory and written to the
+//! registry about once a second: outcome counters and delivery attempts.
+//!
+//! Writing them per batch cost three registry statements for every request,
+//! which bounded a subscription with batch size 1 to what the database could
+//! commit (on SQLite, a few hundred a second). Here a pipeline only adds to a
+//! map; [`Ledger::run`] writes what accumulated in one transaction per second
+//! and once more when the engine stops. What is pending is bounded: counters
+//! are sums, and each subscription keeps at most its activity ring's worth of
+//! attempts (older ones would be trimmed from the ring anyway).
+//!
+//! The status route reads the registry and what is pending here together,
+//! under [`Ledger::reading`], so it never counts a flushed entry twice or
+//! misses one in the middle of a flush. A host that dies loses at most the
+//! last second of bookkeeping; delivery itself (offsets, dead letters) never
+//! depends on it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{RwLock, RwLockReadGuard};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::registry::{ACTIVITY_RING, Activity, ActivityEntry, Bookkeeping, Counts, Registry};
+
+/// How often what accumulated is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Default)]
+pub struct Ledger {
+    pending: Arc<Mutex<HashMap<Uuid, Pending>>>,
+    /// Held for writing while a flush moves entries from memory to the
+    /// registry; readers that combine both hold it for reading.
+    gate: Arc<RwLock<()>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    counts: Counts,
+    /// Oldest first, at most `ACTIVITY_RING`.
+    activity: VecDeque<ActivityEntry>,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a batch's outcomes to subscription `id`'s counters.
+    pub fn add_counts(&self, id: Uuid, counts: Counts) {
+        if counts == Counts::default() {
+            return;
+        }
+        let mut pending = self.pending.lock().expect("ledger lock");
+        pending.entry(id).or_default().counts += counts;
+    }
+
+    /// Records something that happened to subscription `id` now.
+    pub fn record(&self, id: Uuid, activity: Activity) {
+        let mut pending = self.pending.lock().expect("ledger lock");
+        let ring = &mut pending.entry(id).or_default().activity;
+        if ring.len() as i64 >= ACTIVITY_RING {
+            ring.pop_front();
+        }
+        ring.push_back(ActivityEntry {
+            timestamp: chrono::Utc::now(),
+            activity,
+        });
+    }
+
+    /// Hold this while reading the registry's counters and activity and then
+    /// [`Self::pending`]: no flush moves entries in between.
+    pub async fn reading(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+
+    /// What is not written yet for `id`: counters, and attempts newest first.
+    pub fn pending(&self, id: Uuid) -> (Counts, Vec<ActivityEntry>) {
+        let pending = self.pending.lock().expect("ledger lock");
+        match pending.get(&id) {
+            None => (Counts::default(), Vec::new()),
+            Some(p) => (p.counts, p.activity.iter().rev().cloned().collect()),
+        }
+    }
+
+    /// Writes everything pending in one transaction. On failure it stays
+    /// pending (merged with what came meanwhile) for the next flush.
+    pub async fn flush(&self, registry: &Registry) {
+        let _gate = self.gate.write().await;
+        let taken: Vec<(Uuid, Bookkeeping)> = {
+            let mut pending = self.pending.lock().expect("ledger lock");
+            pending
+                .drain()
+                .map(|(id, p)| {
+                    (
+                        id,
+                        Bookkeeping {
+                            counts: p.counts,
+                            activity: p.activity.into(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        if taken.is_empty() {
+            return;
+        }
+        if let Err(error) = registry.write_bookkeeping(&taken).await {
+            tracing::warn!(error = %error, subscriptions = taken.len(), "Could not write delivery counters and activity; keeping them for the next try.");
+            self.put_back(taken);
+        }
+    }
+
+    fn put_back(&self, taken: Vec<(Uuid, Bookkeeping)>) {
+        let mut pending = self.pending.lock().expect("ledger lock");
+        for (id, book) in taken {
+            let entry = pending.entry(id).or_default();
+            entry.counts += book.counts;
+            // The older entries go first; the ring keeps the newest.
+            let newer = std::mem::take(&mut entry.activity);
+            entry.activity = book.activity.into_iter().chain(newer).collect();
+            while entry.activity.len() as i64 > ACTIVITY_RING {
+                entry.activity.pop_front();
+            }
+        }
+    }
+
+    /// Flushes every [`FLUSH_INTERVAL`] until `stop`, then once more.
+    pub async fn run(self, registry: Registry, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => self.flush(&registry).await,
+            }
+        }
+        self.flush(&registry).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ApiCall;
+
+    fn call(code: u16) -> Activity {
+        Activity::ApiCall(ApiCall {
+            request: "POST /".into(),
+            request_headers: vec![],
+            response_code: code,
+            response_body: String::new(),
+            response_headers: vec![],
+        })
+    }
+
+    fn code(entry: &ActivityEntry) -> u16 {
+        match &entry.activity {
+            Activity::ApiCall(call) => call.response_code,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn counts_add_up_per_subscription() {
+        let ledger = Ledger::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        ledger.add_counts(
+            a,
+            Counts {
+                delivered: 2,
+                filtered: 1,
+                ..Counts::default()
+            },
+        );
+        ledger.add_counts(
+            a,
+            Counts {
+                delivered: 3,
+                dead_lettered: 4,
+                ..Counts::default()
+            },
+        );
+        let (counts, _) = ledger.pending(a);
+        assert_eq!(
+            counts,
+            Counts {
+                delivered: 5,
+                filtered: 1,
+                dead_lettered: 4,
+                denied: 0
+            }
+        );
+        assert_eq!(ledger.pending(b).0, Counts::default());
+    }
+
+    #[test]
+    fn activity_is_shown_newest_first_and_bounded_by_the_ring() {
+        let ledger = Ledger::new();
+        let id = Uuid::new_v4();
+        for n in 0..(ACTIVITY_RING as u16 + 5) {
+            ledger.record(id, call(n));
+        }
+        let (_, activity) = ledger.pending(id);
+        assert_eq!(activity.len() as i64, ACTIVITY_RING);
+        assert_eq!(code(&activity[0]), ACTIVITY_RING as u16 + 4);
+        assert_eq!(code(activity.last().unwrap()), 5);
+    }
+
+    #[test]
+    fn what_could_not_be_written_comes_back_before_what_came_meanwhile() {
+        let ledger = Ledger::new();
+        let id = Uuid::new_v4();
+        ledger.record(id, call(1));
+        ledger.add_counts(
+            id,
+            Counts {
+                delivered: 1,
+                ..Counts::default()
+            },
+        );
+        let taken: Vec<(Uuid, Bookkeeping)> = {
+            let mut pending = ledger.pending.lock().unwrap();
+            pending
+                .drain()
+                .map(|(id, p)| {
+                    (
+                        id,
+                        Bookkeeping {
+                            counts: p.counts,
+                            activity: p.activity.into(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        ledger.record(id, call(2));
+        ledger.put_back(taken);
+        let (counts, activity) = ledger.pending(id);
+        assert_eq!(counts.delivered, 1);
+        assert_eq!(activity.iter().map(code).collect::<Vec<_>>(), [2, 1]);
+    }
+}
