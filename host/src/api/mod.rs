@@ -59,6 +59,13 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    router_with(state, body_limit, Router::new())
+}
+
+/// The API with the routes of other doors (`doors`, e.g. ingest's) merged in
+/// before the authentication and the limits, so they are guarded alike. A
+/// door reads its own body with its own limits.
+pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) -> Router {
     // Components are megabytes: uploads get their own, larger limit. These
     // layers sit inside the general ones below, so they win for this route.
     let upload_limit = state.max_plugin_bytes;
@@ -68,6 +75,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(axum::Extension(BodyLimit(upload_limit)));
     Router::new()
         .merge(uploads)
+        .merge(doors)
         .route(
             "/1/Plugin/{name}/{version}",
             get(plugins::get).delete(plugins::delete),
