@@ -8,6 +8,8 @@
 //! `/1/Tenant` (create, list), `/1/Tenant/{id}` (get, replace, delete),
 //! `/1/Tenant/{id}/Token` (mint), `/1/Token` (mint own, list),
 //! `/1/Token/{id}` (revoke), and the unauthenticated `/healthz` and `/readyz`.
+//! Other doors' routes (ingest's `/1/Topic/{topic}/Records` and `/log`) are
+//! merged in by [`router_with`], behind the same authentication.
 //! Every other route needs a bearer token ([`auth`]). Handlers parse into
 //! domain types, talk to the registry and poke the delivery supervisor; they
 //! hold no delivery logic. List routes page with `limit` and `cursor`; the

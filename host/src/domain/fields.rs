@@ -108,11 +108,11 @@ int_newtype_conversions!(BatchSize, BatchInterval, MaxRetries, FixedDelay, RateL
 
 /// Defines a string enum of the API, with the API's spelling.
 macro_rules! wire_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$variant_attr:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($(#[$variant_attr])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {
@@ -160,14 +160,9 @@ wire_enum!(
 wire_enum!(
     /// What the built-in JSON body holds per message: the envelope (topic,
     /// partition, offset, key, headers, value) or the value alone.
-    BodyFormat { Envelope => "envelope", Values => "values" }
+    #[derive(Default)]
+    BodyFormat { #[default] Envelope => "envelope", Values => "values" }
 );
-
-impl Default for BodyFormat {
-    fn default() -> Self {
-        BodyFormat::Envelope
-    }
-}
 
 impl BodyFormat {
     pub fn is_envelope(&self) -> bool {

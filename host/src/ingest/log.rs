@@ -105,7 +105,9 @@ async fn produce(
         value,
     };
     ingest.check_target(topic, None).await?;
-    let pending = ingest.send(topic, None, &[], &outgoing).await?;
+    let pending = ingest
+        .send(topic, None, &[], &outgoing, ingest.queue_deadline())
+        .await?;
     let written = ingest.written(topic, pending).await?;
     Ok(json!({
         "topic": topic,
@@ -148,7 +150,8 @@ mod tests {
 
     #[test]
     fn each_wrong_field_is_named() {
-        let cases: [(fn(&mut Value), &str); 6] = [
+        type Change = fn(&mut Value);
+        let cases: [(Change, &str); 6] = [
             (|r| r["user_id"] = json!(1.5), "user_id"),
             (|r| r["total"] = json!("1.65"), "total"),
             (|r| r["completed"] = json!("no"), "completed"),

@@ -120,16 +120,21 @@ impl Ingest {
         }
     }
 
-    /// Queues one record, waiting (within the produce timeout) while the
-    /// producer's queue is full.
+    /// When a request's records must all be queued by: while the producer's
+    /// queue is full, sending waits until then, once for the whole request.
+    fn queue_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.settings.produce_timeout
+    }
+
+    /// Queues one record, waiting until `deadline` while the producer's queue is full.
     async fn send(
         &self,
         topic: &str,
         partition: Option<i32>,
         headers: &[(String, Vec<u8>)],
         record: &Outgoing,
+        deadline: tokio::time::Instant,
     ) -> Result<Pending, IngestError> {
-        let deadline = tokio::time::Instant::now() + self.settings.produce_timeout;
         loop {
             match self.producer.send(topic, partition, headers, record) {
                 Err(IngestError::Unavailable { code, .. })

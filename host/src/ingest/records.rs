@@ -67,7 +67,13 @@ async fn single(
 ) -> Result<Response, ApiError> {
     let record = options.record(body, ingest.settings.max_record_bytes)?;
     let pending = ingest
-        .send(topic, options.partition, &options.headers, &record)
+        .send(
+            topic,
+            options.partition,
+            &options.headers,
+            &record,
+            ingest.queue_deadline(),
+        )
         .await?;
     Ok(match options.ack {
         Ack::None => {
@@ -117,11 +123,18 @@ async fn batch(
     // Every line is queued before any answer is awaited, so the brokers get
     // them together (librdkafka batches them) and in order.
     let mut sent = Vec::with_capacity(count);
+    let deadline = ingest.queue_deadline();
     for (number, value) in lines(body) {
         let line = match options.record(value, ingest.settings.max_record_bytes) {
             Err(error) => Line::Failed(error),
             Ok(record) => match ingest
-                .send(topic, options.partition, &options.headers, &record)
+                .send(
+                    topic,
+                    options.partition,
+                    &options.headers,
+                    &record,
+                    deadline,
+                )
                 .await
             {
                 Ok(pending) => Line::Sent(pending),
