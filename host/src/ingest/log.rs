@@ -175,6 +175,16 @@ mod tests {
         let missing = refused_field(|r| {
             r.as_object_mut().unwrap().remove("title");
         });
-        assert!(missing.contains("missing field `title`"), "{missing}");
+        assert!(
+            missing.starts_with("title: missing field `title`"),
+            "{missing}"
+        );
+        let missing = refused_field(|r| {
+            r["meta"]["logins"][0].as_object_mut().unwrap().remove("ip");
+        });
+        assert!(
+            missing.starts_with("meta.logins[0].ip: missing"),
+            "{missing}"
+        );
     }
 }
