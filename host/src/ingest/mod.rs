@@ -1,10 +1,10 @@
 //! The door into Kafka: records that come in over HTTP, produced to topics
 //! (delivery is the door out).
 //!
-//! - [`records`]: `POST /1/Topic/{topic}/Records` — one record per request,
+//! - `records`: `POST /1/Topic/{topic}/Records` — one record per request,
 //!   or an NDJSON batch — with key, partition and headers from the request
 //!   (seed 003).
-//! - [`log`]: `POST /log`, seed 001's record, checked field by field and
+//! - `log`: `POST /log`, seed 001's record, checked field by field and
 //!   produced to `--log-topic`.
 //! - [`forwarder`]: seed 001's forwarding of that topic to `--post-endpoint`,
 //!   as a built-in subscription the delivery engine runs.
