@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::domain::AccessToken;
+use crate::domain::{AccessToken, BatchInterval, BatchSize, TopicName, WebhookUrl};
 use crate::egress::DestinationPolicy;
 use crate::kafka::TopicLayout;
 use crate::logging::LogFormat;
@@ -217,6 +217,47 @@ pub struct Cli {
     #[arg(long, env = "WASMHOOK_MAX_PLUGIN_BYTES", default_value_t = 32 << 20, global = true)]
     pub max_plugin_bytes: usize,
 
+    /// Largest value of one record produced over HTTP (a request body, or one
+    /// NDJSON line), in bytes.
+    #[arg(long, env = "WASMHOOK_MAX_RECORD_BYTES", default_value_t = 1 << 20, global = true)]
+    pub max_record_bytes: usize,
+
+    /// Largest body of `POST /1/Topic/{topic}/Records` (an NDJSON batch), in bytes.
+    #[arg(long, env = "WASMHOOK_MAX_INGEST_BYTES", default_value_t = 4 << 20, global = true)]
+    pub max_ingest_bytes: usize,
+
+    /// Most records (lines) in one NDJSON batch.
+    #[arg(
+        long,
+        env = "WASMHOOK_MAX_INGEST_RECORDS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_ingest_records: usize,
+
+    /// How long a record produced over HTTP may take to be acknowledged by
+    /// the brokers before the request is answered 503 (100ms to 300s).
+    #[arg(long, env = "WASMHOOK_PRODUCE_TIMEOUT", default_value = "10s", value_parser = parse_produce_timeout, global = true)]
+    pub produce_timeout: Duration,
+
+    /// The topic `POST /log` produces to (seed 001's records).
+    #[arg(long, env = "WASMHOOK_LOG_TOPIC", default_value = "log", value_parser = parse_topic, global = true)]
+    pub log_topic: TopicName,
+
+    /// Seed 001: forward --log-topic to this URL as JSON arrays of records
+    /// (the built-in subscription `log-forwarder`). Unset: no forwarding.
+    #[arg(long, env = "WEBHOOK_POST_ENDPOINT", value_parser = parse_endpoint, global = true)]
+    pub post_endpoint: Option<WebhookUrl>,
+
+    /// Seed 001: records per forwarded batch (1 to 1000).
+    #[arg(long, env = "WEBHOOK_BATCH_SIZE", default_value = "10", value_parser = parse_batch_size, global = true)]
+    pub batch_size: BatchSize,
+
+    /// Seed 001: longest wait before a partial batch is forwarded (whole
+    /// seconds, 1s to 300s; e.g. 10s, 1m).
+    #[arg(long, env = "WEBHOOK_BATCH_INTERVAL", default_value = "10s", value_parser = parse_batch_interval, global = true)]
+    pub batch_interval: BatchInterval,
+
     /// Log lines as text (coloured only on a terminal) or as JSON, one object per line.
     #[arg(long, env = "WASMHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -283,6 +324,41 @@ pub struct Cli {
     /// How long a rotated-out signing secret keeps signing beside the new one.
     #[arg(long, env = "WASMHOOK_SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     pub secret_rotation_overlap: Duration,
+}
+
+fn parse_produce_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(100)..=Duration::from_secs(300)).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err(format!("must be 100ms to 300s, got {text}"))
+    }
+}
+
+fn parse_topic(text: &str) -> Result<TopicName, String> {
+    TopicName::parse(text.to_string())
+}
+
+fn parse_endpoint(text: &str) -> Result<WebhookUrl, String> {
+    WebhookUrl::parse(text)
+}
+
+fn parse_batch_size(text: &str) -> Result<BatchSize, String> {
+    let size = text
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("must be a whole number, got {text:?}"))?;
+    BatchSize::parse(size)
+}
+
+/// A duration as seed 001 writes it (Go's `10s`, `1m`, `1m30s`), in whole
+/// seconds: the delivery engine's batch interval counts seconds.
+fn parse_batch_interval(text: &str) -> Result<BatchInterval, String> {
+    let interval = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+    if interval.subsec_nanos() != 0 {
+        return Err(format!("must be whole seconds, got {text}"));
+    }
+    BatchInterval::parse(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn parse_partitions(text: &str) -> Result<i32, String> {
@@ -420,6 +496,8 @@ pub struct Settings {
     /// How to reach Kafka; the binary fills in the embedded broker when no brokers are set.
     pub kafka: crate::kafka::KafkaConnection,
     pub max_body_bytes: usize,
+    /// The door into Kafka: the records API and seed 001's /log.
+    pub ingest: IngestSettings,
     pub delivery: DeliverySettings,
     pub smtp: Option<SmtpSettings>,
     /// The configured admin token (its `Debug` shows only the public prefix).
@@ -435,11 +513,64 @@ impl fmt::Debug for Settings {
             .field("database_url", &redact_url(&self.database_url))
             .field("kafka", &self.kafka)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("ingest", &self.ingest)
             .field("delivery", &self.delivery)
             .field("smtp", &self.smtp)
             .field("server", &self.server)
             .field("admin_token", &self.admin_token)
             .field("secrets", &self.secrets)
+            .finish()
+    }
+}
+
+/// How records come in over HTTP, and seed 001's forwarder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestSettings {
+    /// Largest value of one record.
+    pub max_record_bytes: usize,
+    /// Largest request body (an NDJSON batch).
+    pub max_request_bytes: usize,
+    /// Most records in one NDJSON batch.
+    pub max_records: usize,
+    /// How long a record may wait for the brokers' acknowledgement.
+    pub produce_timeout: Duration,
+    /// Where `POST /log` produces.
+    pub log_topic: TopicName,
+    /// Seed 001's forwarding of the log topic, when an endpoint is configured.
+    pub forwarder: Option<ForwarderSettings>,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1 << 20,
+            max_request_bytes: 4 << 20,
+            max_records: 10_000,
+            produce_timeout: Duration::from_secs(10),
+            log_topic: TopicName::parse("log".into()).expect("a valid topic name"),
+            forwarder: None,
+        }
+    }
+}
+
+/// Seed 001's forwarder: the log topic to `endpoint`, in batches. Its
+/// `Debug` shows the endpoint's origin only (a path or query may hold a token).
+#[derive(Clone, PartialEq)]
+pub struct ForwarderSettings {
+    pub endpoint: WebhookUrl,
+    pub batch_size: BatchSize,
+    pub batch_interval: BatchInterval,
+}
+
+impl fmt::Debug for ForwarderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ForwarderSettings")
+            .field(
+                "endpoint",
+                &self.endpoint.url().origin().ascii_serialization(),
+            )
+            .field("batch_size", &self.batch_size)
+            .field("batch_interval", &self.batch_interval)
             .finish()
     }
 }
@@ -662,6 +793,21 @@ impl Cli {
             database_url: self.database_url.clone(),
             kafka: crate::kafka::KafkaConnection::new(kafka_brokers),
             max_body_bytes: self.max_body_bytes,
+            ingest: IngestSettings {
+                max_record_bytes: self.max_record_bytes,
+                max_request_bytes: self.max_ingest_bytes,
+                max_records: self.max_ingest_records,
+                produce_timeout: self.produce_timeout,
+                log_topic: self.log_topic.clone(),
+                forwarder: self
+                    .post_endpoint
+                    .clone()
+                    .map(|endpoint| ForwarderSettings {
+                        endpoint,
+                        batch_size: self.batch_size,
+                        batch_interval: self.batch_interval,
+                    }),
+            },
             delivery: DeliverySettings {
                 start_from: self.start_from,
                 request_timeout: self.request_timeout,
@@ -993,5 +1139,52 @@ mod tests {
         assert_eq!(plugins.max_component_bytes, 32 << 20);
         let cli = Cli::try_parse_from(["wasmhook", "--plugin-cpu-deadline", "2s"]).unwrap();
         assert_eq!(cli.plugin_cpu_deadline, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn ingest_defaults_to_1mib_records_4mib_bodies_and_the_log_topic_without_forwarding() {
+        let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
+        assert_eq!(cli.settings("b".into()).ingest, IngestSettings::default());
+        assert!(cli.settings("b".into()).ingest.forwarder.is_none());
+    }
+
+    #[test]
+    fn seed_001s_forwarder_is_configured_by_its_flags() {
+        let cli = Cli::try_parse_from([
+            "wasmhook",
+            "--post-endpoint",
+            "https://requestbin.example/abc",
+            "--batch-size",
+            "5",
+            "--batch-interval",
+            "1m30s",
+            "--log-topic",
+            "app-log",
+        ])
+        .unwrap();
+        let ingest = cli.settings("b".into()).ingest;
+        assert_eq!(ingest.log_topic.as_str(), "app-log");
+        let forwarder = ingest.forwarder.unwrap();
+        assert_eq!(
+            forwarder.endpoint.as_str(),
+            "https://requestbin.example/abc"
+        );
+        assert_eq!(forwarder.batch_size.get(), 5);
+        assert_eq!(forwarder.batch_interval.seconds(), 90);
+        assert!(!format!("{forwarder:?}").contains("/abc"), "{forwarder:?}");
+        for bad in [
+            ["--batch-size", "0"],
+            ["--batch-size", "ten"],
+            ["--batch-interval", "500ms"],
+            ["--batch-interval", "301s"],
+            ["--post-endpoint", "ftp://x.example/"],
+            ["--log-topic", "no spaces"],
+            ["--produce-timeout", "0s"],
+        ] {
+            assert!(
+                Cli::try_parse_from(["wasmhook", bad[0], bad[1]]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -10,6 +10,9 @@
 //! - [`api`]: the REST API (subscriptions, status, admin switch, plugins, healthz).
 //! - [`domain`]: newtypes that parse the API's input into a valid subscription spec.
 //! - [`registry`]: subscriptions, plugins, activity and the admin switch in SQLite or PostgreSQL.
+//! - [`ingest`]: the door into Kafka — `POST /1/Topic/{topic}/Records`
+//!   (seed 003) and `POST /log` (seed 001), with seed 001's forwarder as a
+//!   built-in subscription.
 //! - [`delivery`]: one pipeline per active subscription — Kafka consumer, JMES
 //!   filters, plugins, batcher, sender with retries, dead letter, alerts — under a supervisor.
 //! - [`plugin`]: the WebAssembly plugin runtime (wasmtime): compile and validate
@@ -32,6 +35,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod egress;
+pub mod ingest;
 pub mod kafka;
 pub mod logging;
 pub mod plugin;

@@ -73,6 +73,9 @@ async fn serve() -> anyhow::Result<()> {
         println!("Kafka brokers: {brokers}");
     }
     println!("{}", cli.destinations_banner(embedded.is_some()));
+    if let Some(line) = app.forwarder_banner() {
+        println!("{line}");
+    }
     app.run_until_stopped(shutdown_signal()).await?;
     drop(embedded);
     Ok(())

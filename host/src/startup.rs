@@ -1,4 +1,5 @@
-//! Building and running the application: registry, REST server and delivery.
+//! Building and running the application: registry, REST server (with the
+//! ingest routes), ingest's producer and delivery.
 //!
 //! `Application::build` does everything that can fail at start-up (find the
 //! secret key, open and migrate the registry and check the key opens it, bind
@@ -21,6 +22,7 @@ use crate::delivery::Supervisor;
 use crate::delivery::ledger::Ledger;
 use crate::delivery::state::ConsumerStates;
 use crate::domain::AccessToken;
+use crate::ingest::{Ingest, forwarder};
 use crate::kafka::Topics;
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
@@ -29,6 +31,9 @@ use crate::secrets::{KeyOrigin, resolve_key};
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    ingest: Arc<Ingest>,
+    /// Seed 001's forwarder, when configured: what start-up says about it.
+    forwarder: Option<String>,
     settings: Settings,
     generated_admin_token: Option<AccessToken>,
     key_origin: KeyOrigin,
@@ -56,6 +61,41 @@ impl Application {
         // Builds clients only: nothing connects until a subscription is saved.
         let topics = Topics::new(&settings.kafka, settings.delivery.kafka_admin_timeout)
             .context("creating the Kafka admin client")?;
+        let ingest = Ingest::new(&settings.kafka, topics.clone(), settings.ingest.clone())
+            .context("creating the Kafka producer for ingest")?;
+        let forwarder = match &settings.ingest.forwarder {
+            None => None,
+            Some(forwarding) => {
+                let stored = forwarder::ensure(
+                    &registry,
+                    &topics,
+                    settings.delivery.dead_letter_topic,
+                    &settings.delivery.destinations,
+                    &settings.ingest.log_topic,
+                    forwarding,
+                )
+                .await
+                .context("setting up seed 001's forwarder (--post-endpoint)")?;
+                let line = format!(
+                    "Forwarding topic {} to {} in batches of {} or every {} s, 3 retries 2 s                      apart (subscription {}, id {})",
+                    settings.ingest.log_topic.as_str(),
+                    forwarder::origin(forwarding),
+                    forwarding.batch_size.get(),
+                    forwarding.batch_interval.seconds(),
+                    forwarder::FORWARDER_NAME,
+                    stored.id,
+                );
+                tracing::info!(
+                    subscription = %stored.id,
+                    topic = settings.ingest.log_topic.as_str(),
+                    endpoint = %forwarder::origin(forwarding),
+                    batch_size = forwarding.batch_size.get(),
+                    batch_interval_seconds = forwarding.batch_interval.seconds(),
+                    "Seed 001's forwarder is configured."
+                );
+                Some(line)
+            }
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;
@@ -73,10 +113,17 @@ impl Application {
                 topics,
                 dead_letter_topic: settings.delivery.dead_letter_topic,
             },
+            ingest,
+            forwarder,
             settings,
             generated_admin_token,
             key_origin,
         })
+    }
+
+    /// What seed 001's forwarder does, for the start-up banner (`None`: not configured).
+    pub fn forwarder_banner(&self) -> Option<&str> {
+        self.forwarder.as_deref()
     }
 
     /// Where the secret key came from, for the start-up banner.
@@ -107,6 +154,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        tracing::info!(address = %self.local_addr(), "wasmhook started: serving the REST API.");
         let stop = CancellationToken::new();
         let supervisor = Supervisor::new(
             self.state.registry.clone(),
@@ -127,7 +175,11 @@ impl Application {
                 .run(self.state.registry.clone(), ledger_stop.clone()),
         );
 
-        let router = api::router(self.state.clone(), self.settings.max_body_bytes);
+        let router = api::router_with(
+            self.state.clone(),
+            self.settings.max_body_bytes,
+            self.ingest.router(),
+        );
         let server_stop = stop.clone();
         let server = api::server::serve(self.listener, router, self.settings.server, async move {
             server_stop.cancelled().await
@@ -142,6 +194,8 @@ impl Application {
 
         let served = server.await.context("serving the REST API");
         stop.cancel();
+        // Records accepted with ack=none are still queued: send them.
+        self.ingest.flush(std::time::Duration::from_secs(5)).await;
         match delivery.await {
             Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "Delivery engine panicked."),

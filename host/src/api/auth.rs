@@ -5,7 +5,8 @@
 //! public prefix, compares hashes in constant time and checks expiry and
 //! revocation. A missing or invalid token is a 401; the handlers then see a
 //! [`Principal`] (the admin, or a tenant with its topic ACL) and answer 403
-//! for what it may not do, 404 for what is not its own.
+//! for what it may not do, 404 for what is not its own. The ACL says which
+//! topics a tenant may subscribe to and produce to alike.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -72,6 +73,24 @@ impl Principal {
             }
         }
         Ok(())
+    }
+}
+
+impl Principal {
+    /// 403 unless this caller may produce to `topic`: a tenant's ACL governs
+    /// writing as it governs reading (one list of topics per tenant).
+    pub fn may_write(&self, topic: &str) -> Result<(), ApiError> {
+        let Principal::Tenant(tenant) = self else {
+            return Ok(());
+        };
+        if tenant.spec.topics.allows(topic) {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(format!(
+            "tenant {} may not produce to topic {topic}: its topics are [{}]",
+            tenant.spec.name.as_str(),
+            tenant.spec.topics
+        )))
     }
 }
 

@@ -22,6 +22,9 @@ pub enum ApiError {
     InvalidField { field: String, message: String },
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Something other than the whole body is too large (a record, a batch's count).
+    #[error("{0}")]
+    TooLarge(String),
     /// The body's media type is not one this route reads.
     #[error("the content type must be {expected}, got {sent}")]
     UnsupportedMediaType { sent: String, expected: String },
@@ -67,12 +70,14 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// The status and code this error answers with; also what each failed
+    /// line of an NDJSON batch carries.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Validation(_) => (StatusCode::BAD_REQUEST, "validation_failed"),
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
-            ApiError::PayloadTooLarge { .. } => {
+            ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::UnsupportedMediaType { .. } => {

@@ -149,9 +149,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = error.path().to_string();
         let inner = error.into_inner();
         if inner.is_data() {
+            let message = inner.to_string();
             ApiError::InvalidField {
-                field: path,
-                message: inner.to_string(),
+                field: missing_field(&path, &message).unwrap_or(path),
+                message,
             }
         } else {
             ApiError::MalformedJson(inner.to_string())
@@ -161,6 +162,17 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::MalformedJson(format!("trailing characters after the JSON value: {e}"))
     })?;
     Ok(value)
+}
+
+/// The path of the field a "missing field `x`" error is about: serde names
+/// the object that lacks it (`.` for the top level), the client wants the field.
+fn missing_field(path: &str, message: &str) -> Option<String> {
+    let name = message.strip_prefix("missing field `")?.split('`').next()?;
+    Some(if path == "." {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    })
 }
 
 /// 415 unless the body is declared `application/json`, for handlers that
@@ -206,5 +218,29 @@ mod tests {
         }
         let long = "x".repeat(1000);
         assert_eq!(declared(&long), MediaType::Other("x".repeat(100)));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code, reason = "read by serde only")]
+    struct Outer {
+        name: String,
+        inner: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code, reason = "read by serde only")]
+    struct Inner {
+        id: i64,
+    }
+
+    #[test]
+    fn a_missing_field_is_named_by_its_own_path() {
+        let field = |body: &str| match parse::<Outer>(body.as_bytes()).unwrap_err() {
+            ApiError::InvalidField { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        assert_eq!(field(r#"{"inner": {"id": 1}}"#), "name");
+        assert_eq!(field(r#"{"name": "n", "inner": {}}"#), "inner.id");
+        assert_eq!(field(r#"{"name": "n", "inner": {"id": "x"}}"#), "inner.id");
     }
 }

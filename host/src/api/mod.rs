@@ -8,6 +8,8 @@
 //! `/1/Tenant` (create, list), `/1/Tenant/{id}` (get, replace, delete),
 //! `/1/Tenant/{id}/Token` (mint), `/1/Token` (mint own, list),
 //! `/1/Token/{id}` (revoke), and the unauthenticated `/healthz` and `/readyz`.
+//! Other doors' routes (ingest's `/1/Topic/{topic}/Records` and `/log`) are
+//! merged in by [`router_with`], behind the same authentication.
 //! Every other route needs a bearer token ([`auth`]). Handlers parse into
 //! domain types, talk to the registry and poke the delivery supervisor; they
 //! hold no delivery logic. List routes page with `limit` and `cursor`; the
@@ -61,6 +63,13 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
+    router_with(state, body_limit, Router::new())
+}
+
+/// The API with the routes of other doors (`doors`, e.g. ingest's) merged in
+/// before the authentication and the limits, so they are guarded alike. A
+/// door reads its own body with its own limits.
+pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) -> Router {
     // Components are megabytes: uploads get their own, larger limit. These
     // layers sit inside the general ones below, so they win for this route.
     let upload_limit = state.max_plugin_bytes;
@@ -70,6 +79,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(axum::Extension(BodyLimit(upload_limit)));
     Router::new()
         .merge(uploads)
+        .merge(doors)
         .route(
             "/1/Plugin/{name}/{version}",
             get(plugins::get).delete(plugins::delete),

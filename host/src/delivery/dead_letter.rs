@@ -29,7 +29,7 @@ use crate::kafka::{KafkaConnection, TopicLayout, Topics};
 use crate::registry::Health;
 
 pub fn topic_for(subscription: Uuid) -> String {
-    format!("webhooks-{subscription}-dlq")
+    crate::kafka::dead_letter_topic(subscription)
 }
 
 /// Why a dead letter could not be written, as far as retrying is concerned.

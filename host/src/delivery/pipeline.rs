@@ -645,6 +645,7 @@ impl Deliverer {
                     _ = limiter.until_ready() => {}
                 }
             }
+            let started = Instant::now();
             let attempt = self
                 .shared
                 .sender
@@ -655,12 +656,20 @@ impl Deliverer {
                     ready.body.clone(),
                 )
                 .await;
+            // One line per request, whatever its outcome (status 0: no answer).
+            tracing::info!(
+                subscription = %self.id,
+                delivery = %delivery_id,
+                messages = ready.kept.len(),
+                status = attempt.call.response_code,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "Batch sent."
+            );
             self.shared
                 .ledger
                 .record(self.id, Activity::ApiCall(attempt.call));
             let failure = match attempt.outcome {
                 Outcome::Delivered => {
-                    tracing::debug!(subscription = %self.id, delivery = %delivery_id, messages = ready.kept.len(), "Batch delivered.");
                     if retry > 0 {
                         self.state.set(ConsumerState::Running, None);
                     }

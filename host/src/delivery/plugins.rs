@@ -21,7 +21,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::record::{self, Record};
-use crate::domain::{PluginAttachment, PluginRole, SubscriptionSpec};
+use crate::domain::{BodyFormat, PluginAttachment, PluginRole, SubscriptionSpec};
 use crate::plugin::loader::{self, AttachmentError};
 use crate::plugin::{
     Decision, Message, PluginEngine, PluginError, PluginInstance, SubscriberContext,
@@ -124,6 +124,8 @@ pub struct PluginStages {
     /// The tenant's mandatory policy, for every topic.
     mandatory: Option<Slot>,
     serialiser: Option<Slot>,
+    /// What the built-in JSON body holds, when there is no serialiser.
+    body_format: BodyFormat,
 }
 
 enum Fate {
@@ -158,6 +160,7 @@ impl PluginStages {
                 instance: None,
             }),
             serialiser: None,
+            body_format: spec.configuration.body_format,
         };
         let slot = |field: String, role, attachment: &PluginAttachment| Slot {
             field,
@@ -235,7 +238,10 @@ impl PluginStages {
         }
         let (body, content_type) = match self.serialiser.as_mut() {
             None => (
-                Bytes::from(record::json_body(&kept)),
+                Bytes::from(match self.body_format {
+                    BodyFormat::Envelope => record::json_body(&kept),
+                    BodyFormat::Values => record::values_body(&kept),
+                }),
                 record::JSON_CONTENT_TYPE.to_string(),
             ),
             Some(slot) => {

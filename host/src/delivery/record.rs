@@ -141,6 +141,23 @@ pub fn json_body(records: &[Record]) -> Vec<u8> {
     serde_json::to_vec(&wire).expect("records always serialise")
 }
 
+/// The JSON array body for a batch, holding each message's value alone
+/// (`body_format: values`): JSON embedded as JSON, other UTF-8 text as a
+/// string, anything else as base64 in a string; a message without a value is null.
+pub fn values_body(records: &[Record]) -> Vec<u8> {
+    let values: Vec<Option<WireValue<'_>>> = records
+        .iter()
+        .map(|record| {
+            let bytes = record.value.as_deref()?;
+            Some(match record.json_value() {
+                Some(json) => WireValue::Json(json),
+                None => WireValue::Text(text_or_base64(bytes).0),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&values).expect("values always serialise")
+}
+
 /// The id a batch keeps across retries: where it starts.
 pub fn delivery_id(records: &[Record]) -> String {
     use sha2::{Digest, Sha256};
@@ -197,6 +214,22 @@ mod tests {
         assert_eq!(v[0]["key"], "/w==");
         assert_eq!(v[0]["key_encoding"], "base64");
         assert_eq!(v[0]["headers"][0]["value"], "v");
+    }
+
+    #[test]
+    fn a_values_body_holds_each_value_alone() {
+        let mut empty = record(4, b"");
+        empty.value = None;
+        let body = values_body(&[
+            record(1, br#"{"a": 1}"#),
+            record(2, b"plain text"),
+            record(3, &[0xff, 0x00]),
+            empty,
+        ]);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"[{"a": 1},"plain text","/wA=",null]"#
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub struct RetrySchedule {
     pub base: Duration,
     /// The longest wait, whatever the algorithm or Retry-After says.
     pub max: Duration,
-    /// fixed_time: the wait between attempts.
+    /// fixed_time: the wait between attempts (the subscription's, else the host's).
     pub fixed: Duration,
 }
 
@@ -24,7 +24,9 @@ impl RetrySchedule {
             max_retries: policy.max_retries.get(),
             base: settings.retry_base_delay,
             max: settings.retry_max_delay,
-            fixed: settings.retry_fixed_delay,
+            fixed: policy
+                .fixed_delay_seconds
+                .map_or(settings.retry_fixed_delay, |delay| delay.duration()),
         }
     }
 

@@ -61,6 +61,20 @@ impl MaxRetries {
     }
 }
 
+/// The wait between attempts of `fixed_time` retries: 1 to 300 seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct FixedDelay(u16);
+
+impl FixedDelay {
+    pub fn parse(value: i64) -> Result<Self, String> {
+        in_range(value, 1, 300).map(|v| Self(v as u16))
+    }
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0 as u64)
+    }
+}
+
 /// Requests per second a subscription may send: 1 to 10000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
@@ -90,15 +104,15 @@ macro_rules! int_newtype_conversions {
         }
     )*};
 }
-int_newtype_conversions!(BatchSize, BatchInterval, MaxRetries, RateLimit);
+int_newtype_conversions!(BatchSize, BatchInterval, MaxRetries, FixedDelay, RateLimit);
 
 /// Defines a string enum of the API, with the API's spelling.
 macro_rules! wire_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$variant_attr:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($(#[$variant_attr])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {
@@ -143,6 +157,18 @@ wire_enum!(
     /// Where alerts go: mail to a list of addresses, or a signed POST to a URL.
     AlertChannel { Email => "email", Webhook => "webhook" }
 );
+wire_enum!(
+    /// What the built-in JSON body holds per message: the envelope (topic,
+    /// partition, offset, key, headers, value) or the value alone.
+    #[derive(Default)]
+    BodyFormat { #[default] Envelope => "envelope", Values => "values" }
+);
+
+impl BodyFormat {
+    pub fn is_envelope(&self) -> bool {
+        *self == BodyFormat::Envelope
+    }
+}
 
 impl Active {
     pub fn is_active(self) -> bool {
@@ -292,6 +318,14 @@ impl JmesFilter {
             .search(document)
             .map(|result| result.is_truthy())
             .unwrap_or(false)
+    }
+    /// What the expression yields for `document`; `None` for null (nothing
+    /// found) or an error (a function given the wrong type).
+    pub fn value(&self, document: &jmespath::Variable) -> Option<jmespath::Rcvar> {
+        self.compiled
+            .search(document)
+            .ok()
+            .filter(|result| !result.is_null())
     }
 }
 

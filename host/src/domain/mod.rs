@@ -14,14 +14,16 @@ pub use access::{
     AccessToken, TenantName, TenantRequest, TenantSpec, TopicAcl, TopicPattern, hash_matches,
 };
 pub use fields::{
-    Active, AlertChannel, BatchInterval, BatchSize, EmailAddress, HeaderLine, JmesFilter, MASK,
-    MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
+    Active, AlertChannel, BatchInterval, BatchSize, BodyFormat, EmailAddress, FixedDelay,
+    HeaderLine, JmesFilter, MASK, MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName,
+    TopicName, WebhookUrl,
 };
 pub use plugin::{
     PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, SecretConfig,
     UnknownRole,
 };
 pub use subscription::{
-    Alerting, Batching, FieldError, RetryPolicy, SourceSpec, SubscriptionRequest, SubscriptionSpec,
-    ValidationErrors, WebhookDestination, map_stored_secrets,
+    Alerting, Batching, Configuration, Destination, DestinationKind, FieldError, RetryPolicy,
+    SourceSpec, SubscriptionRequest, SubscriptionSpec, ValidationErrors, WebhookDestination,
+    map_stored_secrets,
 };

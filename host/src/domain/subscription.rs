@@ -155,6 +155,7 @@ pub struct ConfigurationRequest {
     pub alerting: Option<AlertingRequest>,
     pub rate_limit: Option<RateLimitRequest>,
     pub serialiser_plugin: Option<PluginAttachmentRequest>,
+    pub body_format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +170,7 @@ pub struct BatchingRequest {
 pub struct RetryRequest {
     pub max_retries: Option<i64>,
     pub retry_algorithm: Option<String>,
+    pub fixed_delay_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +242,9 @@ pub struct Configuration {
     /// Builds the request body instead of the built-in JSON array.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serialiser_plugin: Option<PluginAttachment>,
+    /// What the built-in JSON array holds per message (not used with a serialiser plugin).
+    #[serde(default, skip_serializing_if = "BodyFormat::is_envelope")]
+    pub body_format: BodyFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -252,6 +257,9 @@ pub struct Batching {
 pub struct RetryPolicy {
     pub max_retries: MaxRetries,
     pub retry_algorithm: RetryAlgorithm,
+    /// `fixed_time`'s wait; unset: the host's `--retry-fixed-delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_delay_seconds: Option<FixedDelay>,
 }
 
 /// Where a subscription's health alerts go. Tagged by `alert_channel`, so
@@ -651,6 +659,19 @@ fn parse_configuration(
         ),
         |a| a.parse::<RetryAlgorithm>(),
     );
+    let fixed_delay = match retry.fixed_delay_seconds {
+        None => Some(None),
+        Some(seconds) => {
+            let field = "configuration.retry.fixed_delay_seconds";
+            let parsed = errors.check(field, Some(seconds), FixedDelay::parse);
+            if parsed.is_some() && algorithm.is_some_and(|a| a != RetryAlgorithm::FixedTime) {
+                errors.push(field, "is only for retry_algorithm fixed_time");
+                None
+            } else {
+                parsed.map(Some)
+            }
+        }
+    };
 
     let alerting = match request.alerting {
         None => Some(None),
@@ -678,6 +699,12 @@ fn parse_configuration(
         previous.and_then(|p| p.configuration.serialiser_plugin.as_ref()),
         errors,
     );
+    let body_format = match request.body_format {
+        None => Some(BodyFormat::Envelope),
+        Some(format) => errors.check("configuration.body_format", Some(format), |f| {
+            f.parse::<BodyFormat>()
+        }),
+    };
 
     Some(Configuration {
         batching: Batching {
@@ -687,10 +714,12 @@ fn parse_configuration(
         retry: RetryPolicy {
             max_retries: max_retries?,
             retry_algorithm: algorithm?,
+            fixed_delay_seconds: fixed_delay?,
         },
         alerting: alerting?,
         rate_limit: rate_limit?,
         serialiser_plugin: serialiser_plugin?,
+        body_format: body_format?,
     })
 }
 
@@ -1148,5 +1177,45 @@ mod tests {
         body["source"] = serde_json::json!([{"topic": "a"}, {"topic": "a"}]);
         let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
         assert_eq!(errors.0[0].field, "source[1].topic");
+    }
+
+    #[test]
+    fn a_fixed_delay_is_for_fixed_time_only_and_within_1_to_300_seconds() {
+        let mut body = valid();
+        body["configuration"]["retry"]["fixed_delay_seconds"] = 2.into();
+        let spec = SubscriptionSpec::parse(request(body.clone()), None).unwrap();
+        let delay = spec.configuration.retry.fixed_delay_seconds.unwrap();
+        assert_eq!(delay.duration(), std::time::Duration::from_secs(2));
+        let field = "configuration.retry.fixed_delay_seconds";
+        body["configuration"]["retry"]["fixed_delay_seconds"] = 0.into();
+        let errors = SubscriptionSpec::parse(request(body.clone()), None).unwrap_err();
+        assert_eq!(errors.0[0].field, field);
+        body["configuration"]["retry"]["fixed_delay_seconds"] = 2.into();
+        body["configuration"]["retry"]["retry_algorithm"] = "exponential_backoff".into();
+        let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+        assert_eq!(errors.0[0].field, field);
+        assert!(errors.0[0].message.contains("fixed_time"), "{errors}");
+    }
+
+    #[test]
+    fn the_body_format_defaults_to_the_envelope_and_is_shown_only_when_values() {
+        let spec = SubscriptionSpec::parse(request(valid()), None).unwrap();
+        assert_eq!(spec.configuration.body_format, BodyFormat::Envelope);
+        assert!(
+            spec.to_public_json()["configuration"]
+                .get("body_format")
+                .is_none()
+        );
+        let mut body = valid();
+        body["configuration"]["body_format"] = "values".into();
+        let spec = SubscriptionSpec::parse(request(body.clone()), None).unwrap();
+        assert_eq!(spec.configuration.body_format, BodyFormat::Values);
+        assert_eq!(
+            spec.to_public_json()["configuration"]["body_format"],
+            "values"
+        );
+        body["configuration"]["body_format"] = "xml".into();
+        let errors = SubscriptionSpec::parse(request(body), None).unwrap_err();
+        assert_eq!(errors.0[0].field, "configuration.body_format");
     }
 }

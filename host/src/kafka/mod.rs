@@ -14,4 +14,4 @@ pub mod topics;
 
 pub use client::KafkaConnection;
 
-pub use topics::{Ensured, TopicError, TopicLayout, Topics};
+pub use topics::{Ensured, TopicError, TopicLayout, Topics, dead_letter_topic};

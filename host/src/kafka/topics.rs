@@ -27,6 +27,13 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use super::KafkaConnection;
 
+/// The dead-letter topic of subscription `id`: the delivery engine writes
+/// it, and whoever saves a subscription (the API, the built-in /log
+/// forwarder) creates it first.
+pub fn dead_letter_topic(subscription: uuid::Uuid) -> String {
+    format!("webhooks-{subscription}-dlq")
+}
+
 /// How many partitions and replicas a topic wasmhook creates gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicLayout {

@@ -227,7 +227,16 @@ async fn a_failed_delivery_is_retried_with_the_same_id_until_it_succeeds() {
         .collect();
     assert_eq!(ids.len(), 1, "the delivery id is stable across retries");
 
-    let status = sys.app.status_of(&id).await;
+    // The receiver has the request before wasmhook has its answer and records it.
+    let api_calls = |status: &Value| {
+        status["recent_activity"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|e| e["event"] == "api_call").count())
+    };
+    let status = sys
+        .app
+        .wait_for_status(&id, WAIT, |s| api_calls(s) == 4)
+        .await;
     assert_eq!(status["status"], "healthy");
     let codes: Vec<i64> = status["recent_activity"]
         .as_array()

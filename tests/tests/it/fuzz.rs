@@ -404,6 +404,7 @@ fn content_type() -> impl Strategy<Value = Option<String>> {
         8 => Just(Some("application/json".to_string())),
         1 => Just(Some("application/json; charset=utf-8".to_string())),
         1 => Just(None),
+        1 => Just(Some("application/x-ndjson".to_string())),
         1 => "[ -~]{0,40}".prop_map(Some),
     ]
 }
@@ -481,6 +482,10 @@ fn case(known: String) -> impl Strategy<Value = Case> {
             .prop_map(|(method, id)| (method, format!("/1/Tenant/{id}"))),
         1 => (prop::sample::select(vec!["/1/Token", "/1/Subscription", "/1/Plugin", "/1/Tenant"]), id(String::new()))
             .prop_map(|(route, cursor)| (Method::GET, format!("{route}?limit=2&cursor={cursor}"))),
+        2 => prop::sample::select(vec!["", "?ack=none", "?key_path=a.b", "?key_path=%5B", "?x=1"])
+            .prop_map(|query| (Method::POST, format!("/1/Topic/orders/Records{query}"))),
+        1 => id(String::new()).prop_map(|topic| (Method::POST, format!("/1/Topic/{topic}/Records"))),
+        1 => Just((Method::POST, "/log".to_string())),
     ];
     let sent =
         (target, content_type(), body()).prop_map(|((method, path), content_type, body)| Case {
@@ -521,6 +526,8 @@ async fn send(app: &TestApp, case: &Case) -> (StatusCode, String) {
 
 async fn no_input_to_any_route_gets_a_5xx_or_stops_the_app(db: Db) {
     let sys = System::start(db).await;
+    // Ingest routes produce to it.
+    sys.topic("orders", 2);
     let app = &sys.app;
     let known = app
         .subscribe(&subscription(

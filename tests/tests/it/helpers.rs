@@ -122,6 +122,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
         database_url: database_url.to_string(),
         kafka: wasmhook::kafka::KafkaConnection::new(brokers),
         max_body_bytes: 64 * 1024,
+        ingest: wasmhook::config::IngestSettings::default(),
         delivery: DeliverySettings {
             request_timeout: Duration::from_secs(2),
             retry_base_delay: Duration::from_millis(50),
@@ -1009,6 +1010,8 @@ pub struct BinaryApp {
     /// The REST API's base URL, as the binary printed it.
     pub address: String,
     child: tokio::process::Child,
+    /// Its log lines (stderr), when spawned with [`BinaryApp::spawn_logged`].
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl BinaryApp {
@@ -1018,6 +1021,27 @@ impl BinaryApp {
 
     /// As [`BinaryApp::spawn`], with more flags (a later flag overrides an earlier one).
     pub async fn spawn_with(database_url: &str, brokers: &str, extra: &[&str]) -> Self {
+        Self::spawn_with_env(database_url, brokers, extra, &[], false).await
+    }
+
+    /// As [`BinaryApp::spawn_with`], with environment variables, its log
+    /// lines at `info` kept for [`BinaryApp::logs`].
+    pub async fn spawn_logged(
+        database_url: &str,
+        brokers: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn_with_env(database_url, brokers, extra, env, true).await
+    }
+
+    async fn spawn_with_env(
+        database_url: &str,
+        brokers: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        logged: bool,
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut command = tokio::process::Command::new(binary_path());
         // PostgreSQL has no key file beside it: every host gets the database's key.
@@ -1043,13 +1067,35 @@ impl BinaryApp {
                 command.args([flag, value]);
             }
         }
-        let mut child = command
+        command
             .args(extra)
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::piped())
+            .env(
+                "RUST_LOG",
+                if logged {
+                    "info,librdkafka=warn,rdkafka=warn"
+                } else {
+                    "error"
+                },
+            )
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped());
+        if logged {
+            command.stderr(std::process::Stdio::piped());
+        }
+        let mut child = command
             .kill_on_drop(true)
             .spawn()
             .expect("the wasmhook binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let kept = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    kept.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let address = loop {
@@ -1064,7 +1110,16 @@ impl BinaryApp {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { address, child }
+        Self {
+            address,
+            child,
+            logs,
+        }
+    }
+
+    /// The log lines so far (only with [`BinaryApp::spawn_logged`]).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
     }
 
     /// The most resident memory the process has had (VmHWM), in KiB; 0 when

@@ -11,6 +11,8 @@ mod fuzz;
 mod hardening;
 mod helpers;
 mod hosts;
+mod ingest;
+mod log_forwarder;
 mod plugin_runtime;
 mod plugins;
 mod sandbox;
