@@ -20,7 +20,7 @@ use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
 use crate::delivery::state::ConsumerStates;
 use crate::domain::AccessToken;
-use crate::kafka::Topics;
+use crate::kafka::{BrokerHealth, Topics};
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
 use crate::secrets::{KeyOrigin, resolve_key};
@@ -52,9 +52,16 @@ impl Application {
         // component compiled at upload is reused from the cache by sha256.
         let engine =
             PluginEngine::new(settings.delivery.plugins).context("starting the plugin runtime")?;
+        tracing::info!(
+            brokers = settings.kafka.brokers(),
+            security = %settings.kafka.describe(),
+            "Kafka clients connect so."
+        );
         // Builds clients only: nothing connects until a subscription is saved.
         let topics = Topics::new(&settings.kafka, settings.delivery.kafka_admin_timeout)
             .context("creating the Kafka admin client")?;
+        // Connects at the first /readyz.
+        let broker = BrokerHealth::new(&settings.kafka).context("creating the Kafka health client")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;
@@ -70,6 +77,8 @@ impl Application {
                 states: ConsumerStates::new(host_name(settings.delivery.instance_id.as_deref())),
                 topics,
                 dead_letter_topic: settings.delivery.dead_letter_topic,
+                broker,
+                readiness_timeout: settings.server.readiness_timeout,
             },
             settings,
             generated_admin_token,

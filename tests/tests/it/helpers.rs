@@ -23,6 +23,9 @@ use wasmhook::config::{
     SmtpSettings, SmtpTls,
 };
 use wasmhook::egress::DestinationPolicy;
+use wasmhook::kafka::{
+    KafkaConnection, PemFile, PemKind, SaslMechanism, SaslSettings, SecurityProtocol, TlsSettings,
+};
 use wasmhook::secrets::{KeySource, SecretKey};
 use wasmhook::startup::Application;
 
@@ -622,6 +625,12 @@ impl Tansu {
     /// saying how to install it, when the binary is missing: a test that
     /// needs tansu never passes without it.
     pub async fn start() -> Self {
+        Self::start_with(TansuOptions::default()).await
+    }
+
+    /// As [`Tansu::start`], advertising another address (a TLS listener in
+    /// front of it) or requiring SASL authentication.
+    pub async fn start_with(options: TansuOptions) -> Self {
         let binary = tansu_binary().unwrap_or_else(|| {
             panic!(
                 "tansu is not installed (looked on PATH and in ~/.cargo/bin). These tests need \
@@ -634,11 +643,21 @@ impl Tansu {
             .expect("a free loopback port")
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = options
+            .advertised
+            .as_ref()
+            .map(|address| format!("tcp://{address}"))
+            .unwrap_or_else(|| url.clone());
         let log = tempfile::NamedTempFile::new().expect("a log file for tansu");
-        let mut child = tokio::process::Command::new(&binary)
+        let mut command = tokio::process::Command::new(&binary);
+        command
             .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "memory://tansu/"]);
+        if options.authentication {
+            command.arg("--authentication");
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(log.reopen().expect("tansu's log file"))
@@ -646,11 +665,14 @@ impl Tansu {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let brokers = format!("127.0.0.1:{port}");
-        let probe = wasmhook::kafka::Topics::new(
-            &wasmhook::kafka::KafkaConnection::new(&brokers),
-            Duration::from_secs(1),
-        )
-        .expect("a Kafka admin client");
+        // Straight to its own listener: what it advertises may not be up yet.
+        let connection = if options.authentication {
+            sasl_connection(&brokers, SecurityProtocol::SaslPlaintext, SaslMechanism::Plain, "probe", "probe")
+        } else {
+            KafkaConnection::new(&brokers)
+        };
+        let probe = wasmhook::kafka::Topics::new(&connection, Duration::from_secs(1))
+            .expect("a Kafka admin client");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -677,6 +699,37 @@ impl Tansu {
     }
 }
 
+/// How [`Tansu::start_with`] starts tansu.
+#[derive(Debug, Clone, Default)]
+pub struct TansuOptions {
+    /// `host:port` told to clients in metadata; unset: its own listener.
+    pub advertised: Option<String>,
+    /// Require SASL (`--authentication`). tansu 0.6 takes any password with
+    /// PLAIN, and checks SCRAM against the credentials it stores.
+    pub authentication: bool,
+}
+
+/// A connection with SASL credentials and no TLS files.
+pub fn sasl_connection(
+    brokers: &str,
+    protocol: SecurityProtocol,
+    mechanism: SaslMechanism,
+    user: &str,
+    password: &str,
+) -> KafkaConnection {
+    KafkaConnection::secured(
+        brokers,
+        Some(protocol),
+        TlsSettings::default(),
+        Some(SaslSettings {
+            mechanism,
+            username: user.into(),
+            password: wasmhook::secrets::HiddenText(password.into()),
+        }),
+    )
+    .expect("SASL settings that fit together")
+}
+
 /// `tansu` on PATH, else where `cargo install` puts it.
 fn tansu_binary() -> Option<std::path::PathBuf> {
     let on_path = std::env::var_os("PATH")
@@ -692,6 +745,206 @@ fn tansu_binary() -> Option<std::path::PathBuf> {
         .chain(cargo_home.map(|home| home.join("bin")))
         .map(|dir| dir.join("tansu"))
         .find(|candidate| candidate.is_file())
+}
+
+// ---- TLS in front of a broker ----
+
+/// A certificate authority made for one test, and what it signs, as PEM files.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate: what a client trusts.
+    pub cert_path: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// A certificate a [`TestCa`] signed, and its key, in PEM files and in DER.
+pub struct Issued {
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn generate(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&cert_path, issuer.pem()).unwrap();
+        Self {
+            issuer,
+            cert_path,
+            dir,
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), signed by this CA.
+    pub fn issue(&self, file: &str, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, file.to_string());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_path = self.dir.path().join(format!("{file}.pem"));
+        let key_path = self.dir.path().join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Issued {
+            cert_path,
+            key_path,
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    /// A TLS server that presents `server` and, with `client_auth`, accepts
+    /// only clients with a certificate this CA signed (mutual TLS).
+    pub fn server_config(&self, server: &Issued, client_auth: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.issuer.der().clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server.key_der.clone().into());
+        Arc::new(
+            builder
+                .with_single_cert(vec![server.cert_der.clone()], key)
+                .unwrap(),
+        )
+    }
+}
+
+/// A TLS listener in front of a plaintext broker, as a managed cluster's
+/// listener is to its clients: it completes the handshake, then forwards
+/// the bytes both ways. It counts handshakes, so a test can tell that its
+/// clients came over TLS.
+pub struct TlsProxy {
+    /// `127.0.0.1:port`, for bootstrap servers and the broker's advertised address.
+    pub address: String,
+    listener: Option<std::net::TcpListener>,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TlsProxy {
+    /// Takes a free loopback port now (the broker must advertise it before
+    /// it starts); [`TlsProxy::serve`] starts forwarding.
+    pub fn bind() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        Self {
+            address,
+            listener: Some(listener),
+            handshakes: Arc::default(),
+            task: None,
+        }
+    }
+
+    /// Accepts TLS with `config` and forwards each connection to `upstream`.
+    pub fn serve(&mut self, upstream: &str, config: Arc<rustls::ServerConfig>) {
+        let listener = self.listener.take().expect("serve is called once");
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let upstream = upstream.to_string();
+        let handshakes = self.handshakes.clone();
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, upstream, handshakes) =
+                    (acceptor.clone(), upstream.clone(), handshakes.clone());
+                tokio::spawn(async move {
+                    // A refused handshake just closes the connection, as a broker's would.
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// tansu behind a TLS listener that it advertises, so that every client,
+/// after bootstrap too, comes back through TLS.
+pub struct TlsTansu {
+    /// Kept running as long as this value.
+    _tansu: Tansu,
+    pub proxy: TlsProxy,
+    pub ca: TestCa,
+}
+
+impl TlsTansu {
+    /// With `client_auth`, the listener also requires a client certificate
+    /// signed by [`TlsTansu::ca`]; with `authentication`, tansu requires SASL.
+    pub async fn start(client_auth: bool, authentication: bool) -> Self {
+        Self::start_named(&["127.0.0.1", "localhost"], client_auth, authentication).await
+    }
+
+    /// As [`TlsTansu::start`], with a broker certificate for `names` only.
+    pub async fn start_named(names: &[&str], client_auth: bool, authentication: bool) -> Self {
+        let ca = TestCa::generate("kafka");
+        let server = ca.issue("broker", names);
+        let mut proxy = TlsProxy::bind();
+        let tansu = Tansu::start_with(TansuOptions {
+            advertised: Some(proxy.address.clone()),
+            authentication,
+        })
+        .await;
+        proxy.serve(&tansu.brokers, ca.server_config(&server, client_auth));
+        Self {
+            _tansu: tansu,
+            proxy,
+            ca,
+        }
+    }
+
+    /// TLS settings that trust this listener's CA.
+    pub fn tls(&self) -> TlsSettings {
+        TlsSettings {
+            ca: Some(PemFile::read(&self.ca.cert_path, PemKind::Certificates).unwrap()),
+            ..TlsSettings::default()
+        }
+    }
 }
 
 // ---- SMTP ----
@@ -1018,8 +1271,19 @@ impl BinaryApp {
 
     /// As [`BinaryApp::spawn`], with more flags (a later flag overrides an earlier one).
     pub async fn spawn_with(database_url: &str, brokers: &str, extra: &[&str]) -> Self {
+        Self::spawn_with_env(database_url, brokers, extra, &[]).await
+    }
+
+    /// As [`BinaryApp::spawn_with`], with environment variables set for it.
+    pub async fn spawn_with_env(
+        database_url: &str,
+        brokers: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut command = tokio::process::Command::new(binary_path());
+        command.envs(env.iter().copied());
         // PostgreSQL has no key file beside it: every host gets the database's key.
         if let Some(key) = postgres_secret_key(database_url) {
             command.env("WASMHOOK_SECRET_KEY", key.to_base64());

@@ -11,6 +11,7 @@ mod fuzz;
 mod hardening;
 mod helpers;
 mod hosts;
+mod kafka_connection;
 mod plugin_runtime;
 mod plugins;
 mod sandbox;
