@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::domain::AccessToken;
 use crate::egress::DestinationPolicy;
 use crate::kafka::{
-    ClientIdentity, ConnectionError, KafkaConnection, KafkaOption, PemFile, PemKind,
-    SaslMechanism, SaslSettings, SecurityProtocol, TlsSettings, TopicLayout,
+    ClientIdentity, ConnectionError, KafkaConnection, KafkaOption, PemFile, PemKind, SaslMechanism,
+    SaslSettings, SecurityProtocol, TlsSettings, TopicLayout,
 };
 use crate::logging::LogFormat;
 use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
@@ -56,7 +56,13 @@ pub struct Cli {
     /// How every Kafka client talks to the brokers: plaintext, ssl,
     /// sasl_plaintext or sasl_ssl. Unset: sasl_ssl when a SASL user is set,
     /// ssl when TLS files are, else plaintext.
-    #[arg(long, env = "WASMHOOK_KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true, global = true)]
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        ignore_case = true,
+        global = true
+    )]
     pub kafka_security_protocol: Option<SecurityProtocol>,
 
     /// PEM file of the certificate authorities to trust for the brokers.
@@ -100,7 +106,14 @@ pub struct Cli {
     pub kafka_no_hostname_verification: bool,
 
     /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; needs --kafka-sasl-username.
-    #[arg(long, env = "WASMHOOK_KAFKA_SASL_MECHANISM", value_enum, ignore_case = true, requires = "kafka_sasl_username", global = true)]
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_SASL_MECHANISM",
+        value_enum,
+        ignore_case = true,
+        requires = "kafka_sasl_username",
+        global = true
+    )]
     pub kafka_sasl_mechanism: Option<SaslMechanism>,
 
     /// SASL user. Its password comes from the environment variable
@@ -861,9 +874,21 @@ impl Cli {
                 .transpose()
                 .map_err(|source| KafkaConfigError::File { flag, source })
         };
-        let ca = pem("--kafka-ca-file", &self.kafka_ca_file, PemKind::Certificates)?;
-        let certificate = pem("--kafka-cert-file", &self.kafka_cert_file, PemKind::Certificates)?;
-        let key = pem("--kafka-key-file", &self.kafka_key_file, PemKind::PrivateKey)?;
+        let ca = pem(
+            "--kafka-ca-file",
+            &self.kafka_ca_file,
+            PemKind::Certificates,
+        )?;
+        let certificate = pem(
+            "--kafka-cert-file",
+            &self.kafka_cert_file,
+            PemKind::Certificates,
+        )?;
+        let key = pem(
+            "--kafka-key-file",
+            &self.kafka_key_file,
+            PemKind::PrivateKey,
+        )?;
         let key_password = password(
             secrets.key_password,
             self.kafka_key_password_file.as_deref(),
@@ -896,7 +921,11 @@ impl Cli {
             "WASMHOOK_KAFKA_PASSWORD",
             "--kafka-password-file",
         )?;
-        let sasl = match (self.kafka_sasl_mechanism, &self.kafka_sasl_username, password) {
+        let sasl = match (
+            self.kafka_sasl_mechanism,
+            &self.kafka_sasl_username,
+            password,
+        ) {
             (Some(mechanism), Some(username), Some(password)) => Some(SaslSettings {
                 mechanism,
                 username: username.clone(),
@@ -1182,14 +1211,21 @@ mod tests {
         );
         assert_eq!(cli.destinations(false), DestinationPolicy::public_only());
         assert_eq!(
-            cli.settings(KafkaConnection::new("b")).delivery.destinations,
+            cli.settings(KafkaConnection::new("b"))
+                .delivery
+                .destinations,
             DestinationPolicy::public_only()
         );
         let cli =
             Cli::try_parse_from(["wasmhook", "--allowed-destinations", "10.0.0.0/8, ::1"]).unwrap();
         let expected: DestinationPolicy = "10.0.0.0/8,::1/128".parse().unwrap();
         assert_eq!(cli.destinations(true), expected);
-        assert_eq!(cli.settings(KafkaConnection::new("b")).delivery.destinations, expected);
+        assert_eq!(
+            cli.settings(KafkaConnection::new("b"))
+                .delivery
+                .destinations,
+            expected
+        );
         // Given but empty: public addresses only, even with the embedded broker.
         let cli = Cli::try_parse_from(["wasmhook", "--allowed-destinations", ""]).unwrap();
         assert_eq!(cli.destinations(true), DestinationPolicy::public_only());
@@ -1229,7 +1265,10 @@ mod tests {
     #[test]
     fn server_limits_default_to_10s_60s_60s_1024_and_256() {
         let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
-        assert_eq!(cli.settings(KafkaConnection::new("b")).server, ServerSettings::default());
+        assert_eq!(
+            cli.settings(KafkaConnection::new("b")).server,
+            ServerSettings::default()
+        );
         let cli = Cli::try_parse_from([
             "wasmhook",
             "--header-read-timeout",
@@ -1264,8 +1303,8 @@ mod tests {
     }
 
     fn kafka(args: &[&str], secrets: KafkaSecrets) -> Result<KafkaConnection, KafkaConfigError> {
-        let cli = Cli::try_parse_from(std::iter::once("wasmhook").chain(args.iter().copied()))
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(std::iter::once("wasmhook").chain(args.iter().copied())).unwrap();
         cli.kafka_connection("b:9093".into(), false, secrets)
     }
 
@@ -1336,13 +1375,21 @@ mod tests {
             assert_eq!(config.get(key_name), Some(value), "{key_name}");
         }
         let shown = format!("{connection:?} {}", connection.describe());
-        assert!(!shown.contains("hunter2") && !shown.contains("k3y"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn the_sasl_password_comes_from_the_environment_or_a_file_never_a_flag() {
         assert!(Cli::try_parse_from(["wasmhook", "--kafka-password", "x"]).is_err());
-        let user = ["--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-username", "u"];
+        let user = [
+            "--kafka-sasl-mechanism",
+            "PLAIN",
+            "--kafka-sasl-username",
+            "u",
+        ];
         let from_env = || KafkaSecrets {
             password: Some(HiddenText("from-env".into())),
             key_password: None,
@@ -1359,7 +1406,10 @@ mod tests {
             Err(KafkaConfigError::PasswordTwice { .. })
         ));
         let none = kafka(&user, KafkaSecrets::default()).unwrap_err();
-        assert!(none.to_string().contains("WASMHOOK_KAFKA_PASSWORD"), "{none}");
+        assert!(
+            none.to_string().contains("WASMHOOK_KAFKA_PASSWORD"),
+            "{none}"
+        );
         assert!(matches!(
             kafka(&[], from_env()),
             Err(KafkaConfigError::Unused { .. })
@@ -1370,21 +1420,33 @@ mod tests {
             KafkaSecrets::default(),
         )
         .unwrap_err();
-        assert!(error.to_string().contains("--kafka-password-file"), "{error}");
+        assert!(
+            error.to_string().contains("--kafka-password-file"),
+            "{error}"
+        );
         // A mechanism needs a user, and the other way round.
         assert!(Cli::try_parse_from(["wasmhook", "--kafka-sasl-mechanism", "PLAIN"]).is_err());
         assert!(Cli::try_parse_from(["wasmhook", "--kafka-sasl-username", "u"]).is_err());
         assert!(
-            Cli::try_parse_from(["wasmhook", "--kafka-sasl-mechanism", "GSSAPI", "--kafka-sasl-username", "u"])
-                .is_err()
+            Cli::try_parse_from([
+                "wasmhook",
+                "--kafka-sasl-mechanism",
+                "GSSAPI",
+                "--kafka-sasl-username",
+                "u"
+            ])
+            .is_err()
         );
     }
 
     #[test]
     fn a_kafka_file_that_is_missing_or_not_pem_is_an_error_naming_the_flag_and_the_path() {
-        let error = kafka(&["--kafka-ca-file", "/nowhere/ca.pem"], KafkaSecrets::default())
-            .unwrap_err()
-            .to_string();
+        let error = kafka(
+            &["--kafka-ca-file", "/nowhere/ca.pem"],
+            KafkaSecrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.starts_with("--kafka-ca-file: "), "{error}");
         assert!(error.contains("/nowhere/ca.pem"), "{error}");
         let dir = tempfile::tempdir().unwrap();
@@ -1405,7 +1467,11 @@ mod tests {
     #[test]
     fn the_security_protocol_is_a_kafka_name_in_any_case_and_must_fit_the_rest() {
         let connection = kafka(
-            &["--kafka-security-protocol", "SSL", "--kafka-no-hostname-verification"],
+            &[
+                "--kafka-security-protocol",
+                "SSL",
+                "--kafka-no-hostname-verification",
+            ],
             KafkaSecrets::default(),
         )
         .unwrap();
@@ -1435,9 +1501,12 @@ mod tests {
             .to_string();
         assert!(error.contains("--kafka-option"), "{error}");
         assert!(error.contains("is not key=value"), "{error}");
-        let error = kafka(&["--kafka-option", "no.such.thing=1"], KafkaSecrets::default())
-            .unwrap_err()
-            .to_string();
+        let error = kafka(
+            &["--kafka-option", "no.such.thing=1"],
+            KafkaSecrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("no.such.thing"), "{error}");
     }
 
@@ -1448,7 +1517,10 @@ mod tests {
             .kafka_connection("127.0.0.1:1".into(), true, KafkaSecrets::default())
             .unwrap_err()
             .to_string();
-        assert!(error.contains("--kafka-security-protocol needs --kafka-brokers"), "{error}");
+        assert!(
+            error.contains("--kafka-security-protocol needs --kafka-brokers"),
+            "{error}"
+        );
         let cli = Cli::try_parse_from(["wasmhook", "--kafka-option", "debug=broker"]).unwrap();
         let connection = cli
             .kafka_connection("127.0.0.1:1".into(), true, KafkaSecrets::default())
@@ -1461,10 +1533,15 @@ mod tests {
     fn readiness_checks_default_to_two_seconds() {
         let cli = Cli::try_parse_from(["wasmhook", "--readiness-timeout", "500ms"]).unwrap();
         assert_eq!(
-            cli.settings(KafkaConnection::new("b")).server.readiness_timeout,
+            cli.settings(KafkaConnection::new("b"))
+                .server
+                .readiness_timeout,
             Duration::from_millis(500)
         );
-        assert_eq!(ServerSettings::default().readiness_timeout, Duration::from_secs(2));
+        assert_eq!(
+            ServerSettings::default().readiness_timeout,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -61,7 +61,8 @@ impl Application {
         let topics = Topics::new(&settings.kafka, settings.delivery.kafka_admin_timeout)
             .context("creating the Kafka admin client")?;
         // Connects at the first /readyz.
-        let broker = BrokerHealth::new(&settings.kafka).context("creating the Kafka health client")?;
+        let broker =
+            BrokerHealth::new(&settings.kafka).context("creating the Kafka health client")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;

@@ -595,13 +595,18 @@ mod tests {
             ca: Some(files.certificate("ca.pem")),
             ..TlsSettings::default()
         };
-        let secured = |protocol, tls, sasl| KafkaConnection::secured("b", Some(protocol), tls, sasl);
+        let secured =
+            |protocol, tls, sasl| KafkaConnection::secured("b", Some(protocol), tls, sasl);
         assert!(matches!(
             secured(SecurityProtocol::Plaintext, with_ca.clone(), None),
             Err(ConnectionError::TlsUnused { .. })
         ));
         assert!(matches!(
-            secured(SecurityProtocol::SaslPlaintext, with_ca, Some(sasl(SaslMechanism::Plain))),
+            secured(
+                SecurityProtocol::SaslPlaintext,
+                with_ca,
+                Some(sasl(SaslMechanism::Plain))
+            ),
             Err(ConnectionError::TlsUnused { .. })
         ));
         assert!(matches!(
@@ -613,7 +618,10 @@ mod tests {
             Err(ConnectionError::SaslUnused { .. })
         ));
         let missing = secured(SecurityProtocol::SaslSsl, TlsSettings::default(), None).unwrap_err();
-        assert!(missing.to_string().contains("WASMHOOK_KAFKA_PASSWORD"), "{missing}");
+        assert!(
+            missing.to_string().contains("WASMHOOK_KAFKA_PASSWORD"),
+            "{missing}"
+        );
     }
 
     #[test]
@@ -638,7 +646,10 @@ mod tests {
             config.get("ssl.certificate.location"),
             Some(at("client.pem").as_str())
         );
-        assert_eq!(config.get("ssl.key.location"), Some(at("client.key").as_str()));
+        assert_eq!(
+            config.get("ssl.key.location"),
+            Some(at("client.key").as_str())
+        );
         assert_eq!(config.get("ssl.key.password"), Some("k3y"));
         assert_eq!(
             config.get("ssl.endpoint.identification.algorithm"),
@@ -685,9 +696,10 @@ mod tests {
             (SaslMechanism::ScramSha256, "SCRAM-SHA-256"),
             (SaslMechanism::ScramSha512, "SCRAM-SHA-512"),
         ] {
-            let config = KafkaConnection::secured("b", None, TlsSettings::default(), Some(sasl(mechanism)))
-                .unwrap()
-                .client_config("c");
+            let config =
+                KafkaConnection::secured("b", None, TlsSettings::default(), Some(sasl(mechanism)))
+                    .unwrap()
+                    .client_config("c");
             assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
             assert_eq!(config.get("sasl.mechanism"), Some(name));
             assert_eq!(config.get("sasl.username"), Some("alice"));
@@ -807,7 +819,10 @@ mod tests {
             .with_options(vec![option("sasl.oauthbearer.client.secret=s3cr3t")])
             .unwrap_err()
             .to_string();
-        assert!(refused.contains("sasl.oauthbearer.client.secret"), "{refused}");
+        assert!(
+            refused.contains("sasl.oauthbearer.client.secret"),
+            "{refused}"
+        );
         assert!(!refused.contains("s3cr3t"), "{refused}");
     }
 
@@ -843,11 +858,17 @@ mod tests {
         let missing = files.dir.path().join("missing.pem");
         let error = PemFile::read(&missing, PemKind::Certificates).unwrap_err();
         assert!(error.to_string().contains("missing.pem"), "{error}");
-        let key = files.write("k.pem", "-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----\n");
+        let key = files.write(
+            "k.pem",
+            "-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----\n",
+        );
         assert!(PemFile::read(&key, PemKind::PrivateKey).is_ok());
         let error = PemFile::read(&key, PemKind::Certificates).unwrap_err();
         assert!(error.to_string().contains("no PEM certificate"), "{error}");
-        let cert = files.write("c.pem", "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n");
+        let cert = files.write(
+            "c.pem",
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+        );
         assert!(PemFile::read(&cert, PemKind::PrivateKey).is_err());
     }
 }

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
@@ -27,6 +27,9 @@ use super::KafkaConnection;
 
 /// A topic asked about only to have the broker answer; its absence is fine.
 const PROBE_TOPIC: &str = "wasmhook-readiness-probe";
+
+/// How long a failed check waits for librdkafka to say why.
+const ERROR_WAIT: Duration = Duration::from_millis(100);
 
 /// Why the brokers did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,19 +69,23 @@ impl BrokerHealth {
         let asked = tokio::task::spawn_blocking(move || {
             let answer = client.client().fetch_metadata(Some(PROBE_TOPIC), timeout);
             // Error callbacks run when the client is polled: here, so that the
-            // reason of a failure is known before it is told.
-            client.poll(Duration::ZERO);
+            // reason of a failure is known before it is told. A failure may be
+            // reported a moment after the request gave up: wait that moment.
             let context = client.context();
             match answer {
                 Ok(_) => {
+                    client.poll(Duration::ZERO);
                     context.forget();
                     Ok(())
                 }
-                Err(error) => Err(context.explain(&error)),
+                Err(error) => {
+                    client.poll(ERROR_WAIT);
+                    Err(context.explain(&error))
+                }
             }
         });
         // The blocking pool may be busy: the caller's bound holds regardless.
-        match tokio::time::timeout(timeout + Duration::from_millis(500), asked).await {
+        match tokio::time::timeout(timeout + ERROR_WAIT + Duration::from_millis(500), asked).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(BrokerDown("the metadata request panicked".into())),
             Err(_) => Err(BrokerDown(format!(
@@ -86,7 +93,6 @@ impl BrokerHealth {
             ))),
         }
     }
-
 }
 
 /// Remembers the latest connection error librdkafka reported.

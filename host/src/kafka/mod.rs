@@ -16,8 +16,8 @@ pub mod health;
 pub mod topics;
 
 pub use client::{
-    ClientIdentity, ConnectionError, KafkaConnection, KafkaOption, PemFile, PemKind,
-    SaslMechanism, SaslSettings, SecurityProtocol, TlsSettings,
+    ClientIdentity, ConnectionError, KafkaConnection, KafkaOption, PemFile, PemKind, SaslMechanism,
+    SaslSettings, SecurityProtocol, TlsSettings,
 };
 pub use health::{BrokerDown, BrokerHealth};
 
