@@ -55,7 +55,7 @@ impl Application {
         tracing::info!(
             brokers = settings.kafka.brokers(),
             security = %settings.kafka.describe(),
-            "Kafka clients connect so."
+            "Kafka connection settings (every client uses them)."
         );
         // Builds clients only: nothing connects until a subscription is saved.
         let topics = Topics::new(&settings.kafka, settings.delivery.kafka_admin_timeout)
