@@ -12,7 +12,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::domain::{AccessToken, BatchInterval, BatchSize, TopicName, WebhookUrl};
 use crate::egress::DestinationPolicy;
-use crate::kafka::TopicLayout;
+use crate::kafka::{
+    ClientIdentity, ConnectionError, KafkaConnection, KafkaOption, PemFile, PemKind, SaslMechanism,
+    SaslSettings, SecurityProtocol, TlsSettings, TopicLayout,
+};
 use crate::logging::LogFormat;
 use crate::plugin::{HostLimits, PluginLimits, RuntimeSettings};
 use crate::secrets::{HiddenText, KeySource};
@@ -49,6 +52,103 @@ pub struct Cli {
     /// Kafka bootstrap servers (host:port,…). Unset: start an embedded in-memory broker.
     #[arg(long, env = "WASMHOOK_KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
+
+    /// How every Kafka client talks to the brokers: plaintext, ssl,
+    /// sasl_plaintext or sasl_ssl. Unset: sasl_ssl when a SASL user is set,
+    /// ssl when TLS files are, else plaintext.
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        ignore_case = true,
+        global = true
+    )]
+    pub kafka_security_protocol: Option<SecurityProtocol>,
+
+    /// PEM file of the certificate authorities to trust for the brokers.
+    /// Unset: the system's CA certificates.
+    #[arg(long, env = "WASMHOOK_KAFKA_CA_FILE", global = true)]
+    pub kafka_ca_file: Option<PathBuf>,
+
+    /// PEM file of this host's client certificate (mutual TLS); needs --kafka-key-file.
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_CERT_FILE",
+        requires = "kafka_key_file",
+        global = true
+    )]
+    pub kafka_cert_file: Option<PathBuf>,
+
+    /// PEM file of the client certificate's private key. If it is
+    /// encrypted, its password comes from WASMHOOK_KAFKA_KEY_PASSWORD or
+    /// --kafka-key-password-file.
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_KEY_FILE",
+        requires = "kafka_cert_file",
+        global = true
+    )]
+    pub kafka_key_file: Option<PathBuf>,
+
+    /// File holding the client key's password (a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_KEY_PASSWORD_FILE",
+        requires = "kafka_key_file",
+        global = true
+    )]
+    pub kafka_key_password_file: Option<PathBuf>,
+
+    /// Do not check that a broker's certificate names the host connected to
+    /// (the certificate chain is still checked). For brokers reached by an
+    /// address their certificates do not name; prefer fixing the certificates.
+    #[arg(long, env = "WASMHOOK_KAFKA_NO_HOSTNAME_VERIFICATION", global = true)]
+    pub kafka_no_hostname_verification: bool,
+
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; needs --kafka-sasl-username.
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_SASL_MECHANISM",
+        value_enum,
+        ignore_case = true,
+        requires = "kafka_sasl_username",
+        global = true
+    )]
+    pub kafka_sasl_mechanism: Option<SaslMechanism>,
+
+    /// SASL user. Its password comes from the environment variable
+    /// WASMHOOK_KAFKA_PASSWORD or from --kafka-password-file, never from a flag.
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_SASL_USERNAME",
+        requires = "kafka_sasl_mechanism",
+        global = true
+    )]
+    pub kafka_sasl_username: Option<String>,
+
+    /// File holding the SASL password (a trailing newline is ignored),
+    /// instead of WASMHOOK_KAFKA_PASSWORD.
+    #[arg(
+        long,
+        env = "WASMHOOK_KAFKA_PASSWORD_FILE",
+        requires = "kafka_sasl_username",
+        global = true
+    )]
+    pub kafka_password_file: Option<PathBuf>,
+
+    /// A librdkafka property passed to every Kafka client as is
+    /// (repeatable; in the variable, `;` separates several). Applied after
+    /// the settings above, so it overrides them (the security protocol too);
+    /// what a client's role depends on (group, offset commits,
+    /// acknowledgements) is set after it. Unknown keys stop start-up.
+    #[arg(
+        long = "kafka-option",
+        env = "WASMHOOK_KAFKA_OPTIONS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ';',
+        global = true
+    )]
+    pub kafka_options: Vec<KafkaOption>,
 
     /// Partitions of each subscription's dead-letter topic, created with the subscription.
     #[arg(long, env = "WASMHOOK_DEAD_LETTER_PARTITIONS", default_value_t = 1, value_parser = parse_partitions, global = true)]
@@ -296,6 +396,10 @@ pub struct Cli {
     )]
     pub max_concurrent_requests: usize,
 
+    /// How long each check of `GET /readyz` (the registry, the brokers) may take.
+    #[arg(long, env = "WASMHOOK_READINESS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub readiness_timeout: Duration,
+
     /// Shortest time between two "unhealthy" alerts about one subscription;
     /// repeats within it are folded into the next alert. Recoveries are always told.
     #[arg(long, env = "WASMHOOK_ALERT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration, global = true)]
@@ -486,6 +590,103 @@ fn parse_instance_id(text: &str) -> Result<String, String> {
     }
 }
 
+/// The Kafka secrets that come from the environment only, never from a flag
+/// (a flag's value shows in `ps` and in shell history).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSecrets {
+    /// `WASMHOOK_KAFKA_PASSWORD`: the SASL password.
+    pub password: Option<HiddenText>,
+    /// `WASMHOOK_KAFKA_KEY_PASSWORD`: the client key's password.
+    pub key_password: Option<HiddenText>,
+}
+
+impl KafkaSecrets {
+    /// Reads both variables; an empty one counts as unset.
+    pub fn from_env() -> Self {
+        let read = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.is_empty())
+                .map(HiddenText)
+        };
+        Self {
+            password: read("WASMHOOK_KAFKA_PASSWORD"),
+            key_password: read("WASMHOOK_KAFKA_KEY_PASSWORD"),
+        }
+    }
+}
+
+/// Why the Kafka settings cannot be used; each names the flag or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaConfigError {
+    #[error("{flag}: {source}")]
+    File {
+        flag: &'static str,
+        #[source]
+        source: crate::kafka::client::PemError,
+    },
+    #[error("{flag}: cannot read {path}: {source}")]
+    PasswordFile {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: is empty")]
+    EmptyPassword { what: String },
+    #[error("both {variable} and {flag} are set: keep one")]
+    PasswordTwice {
+        variable: &'static str,
+        flag: &'static str,
+    },
+    #[error(
+        "--kafka-sasl-username {username} has no password: set WASMHOOK_KAFKA_PASSWORD or \
+         --kafka-password-file"
+    )]
+    NoPassword { username: String },
+    #[error("{what} is set, but {needs} is not")]
+    Unused {
+        what: &'static str,
+        needs: &'static str,
+    },
+    #[error(
+        "{flag} needs --kafka-brokers: without it wasmhook starts its embedded broker, \
+         which speaks plaintext only"
+    )]
+    EmbeddedBroker { flag: &'static str },
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+}
+
+/// A password from its variable or its file (one of them, not both).
+fn password(
+    from_env: Option<HiddenText>,
+    file: Option<&std::path::Path>,
+    variable: &'static str,
+    flag: &'static str,
+) -> Result<Option<HiddenText>, KafkaConfigError> {
+    match (from_env, file) {
+        (Some(_), Some(_)) => Err(KafkaConfigError::PasswordTwice { variable, flag }),
+        (Some(text), None) => Ok(Some(text)),
+        (None, None) => Ok(None),
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| KafkaConfigError::PasswordFile {
+                    flag,
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                return Err(KafkaConfigError::EmptyPassword {
+                    what: format!("{flag} {}", path.display()),
+                });
+            }
+            Ok(Some(HiddenText(text.to_string())))
+        }
+    }
+}
+
 /// Everything the application needs, independent of how it was configured.
 ///
 /// Its `Debug` shows the database URL without its password.
@@ -586,6 +787,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent_requests: usize,
+    /// For each check of `/readyz`.
+    pub readiness_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -596,6 +799,7 @@ impl Default for ServerSettings {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_concurrent_requests: 256,
+            readiness_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -786,12 +990,134 @@ impl Cli {
         }
     }
 
-    /// Settings for serving, given the brokers to use (configured or embedded).
-    pub fn settings(&self, kafka_brokers: String) -> Settings {
+    /// How every Kafka client connects, from the Kafka flags and `secrets`:
+    /// reads and checks the PEM files and password files now, so that a
+    /// wrong path or a missing password stops start-up naming the flag.
+    /// The embedded broker speaks plaintext only: security settings are
+    /// refused with it, raw options are not.
+    pub fn kafka_connection(
+        &self,
+        brokers: String,
+        embedded_broker: bool,
+        secrets: KafkaSecrets,
+    ) -> Result<KafkaConnection, KafkaConfigError> {
+        if embedded_broker {
+            if let Some(flag) = self.kafka_security_flag(&secrets) {
+                return Err(KafkaConfigError::EmbeddedBroker { flag });
+            }
+            return KafkaConnection::new(brokers)
+                .with_options(self.kafka_options.clone())
+                .map_err(Into::into);
+        }
+        let pem = |flag: &'static str, path: &Option<PathBuf>, kind| {
+            path.as_ref()
+                .map(|path| PemFile::read(path, kind))
+                .transpose()
+                .map_err(|source| KafkaConfigError::File { flag, source })
+        };
+        let ca = pem(
+            "--kafka-ca-file",
+            &self.kafka_ca_file,
+            PemKind::Certificates,
+        )?;
+        let certificate = pem(
+            "--kafka-cert-file",
+            &self.kafka_cert_file,
+            PemKind::Certificates,
+        )?;
+        let key = pem(
+            "--kafka-key-file",
+            &self.kafka_key_file,
+            PemKind::PrivateKey,
+        )?;
+        let key_password = password(
+            secrets.key_password,
+            self.kafka_key_password_file.as_deref(),
+            "WASMHOOK_KAFKA_KEY_PASSWORD",
+            "--kafka-key-password-file",
+        )?;
+        let identity = match (certificate, key) {
+            (Some(certificate), Some(key)) => Some(ClientIdentity {
+                certificate,
+                key,
+                key_password,
+            }),
+            // clap requires both together; a key password alone has no key.
+            _ if key_password.is_some() => {
+                return Err(KafkaConfigError::Unused {
+                    what: "WASMHOOK_KAFKA_KEY_PASSWORD",
+                    needs: "--kafka-key-file",
+                });
+            }
+            _ => None,
+        };
+        let tls = TlsSettings {
+            ca,
+            identity,
+            verify_hostname: !self.kafka_no_hostname_verification,
+        };
+        let password = password(
+            secrets.password,
+            self.kafka_password_file.as_deref(),
+            "WASMHOOK_KAFKA_PASSWORD",
+            "--kafka-password-file",
+        )?;
+        let sasl = match (
+            self.kafka_sasl_mechanism,
+            &self.kafka_sasl_username,
+            password,
+        ) {
+            (Some(mechanism), Some(username), Some(password)) => Some(SaslSettings {
+                mechanism,
+                username: username.clone(),
+                password,
+            }),
+            (Some(_), Some(username), None) => {
+                return Err(KafkaConfigError::NoPassword {
+                    username: username.clone(),
+                });
+            }
+            (_, _, Some(_)) => {
+                return Err(KafkaConfigError::Unused {
+                    what: "WASMHOOK_KAFKA_PASSWORD",
+                    needs: "--kafka-sasl-username",
+                });
+            }
+            // clap requires the mechanism and the user together.
+            _ => None,
+        };
+        KafkaConnection::secured(brokers, self.kafka_security_protocol, tls, sasl)?
+            .with_options(self.kafka_options.clone())
+            .map_err(Into::into)
+    }
+
+    /// The first security setting given, for the embedded broker's refusal.
+    fn kafka_security_flag(&self, secrets: &KafkaSecrets) -> Option<&'static str> {
+        [
+            (
+                self.kafka_security_protocol.is_some(),
+                "--kafka-security-protocol",
+            ),
+            (self.kafka_ca_file.is_some(), "--kafka-ca-file"),
+            (self.kafka_cert_file.is_some(), "--kafka-cert-file"),
+            (self.kafka_sasl_username.is_some(), "--kafka-sasl-username"),
+            (
+                self.kafka_no_hostname_verification,
+                "--kafka-no-hostname-verification",
+            ),
+            (secrets.password.is_some(), "WASMHOOK_KAFKA_PASSWORD"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// Settings for serving, given how to reach Kafka (from
+    /// [`Self::kafka_connection`], or the embedded broker's plaintext one).
+    pub fn settings(&self, kafka: KafkaConnection) -> Settings {
         Settings {
             listen: self.listen,
             database_url: self.database_url.clone(),
-            kafka: crate::kafka::KafkaConnection::new(kafka_brokers),
+            kafka,
             max_body_bytes: self.max_body_bytes,
             ingest: IngestSettings {
                 max_record_bytes: self.max_record_bytes,
@@ -867,6 +1193,7 @@ impl Cli {
                 idle_timeout: self.idle_timeout,
                 max_connections: self.max_connections,
                 max_concurrent_requests: self.max_concurrent_requests,
+                readiness_timeout: self.readiness_timeout,
             },
             secrets: SecretSettings {
                 key: match (&self.secret_key, &self.secret_key_file) {
@@ -944,16 +1271,16 @@ mod tests {
     #[test]
     fn the_secret_key_comes_from_a_flag_or_a_file_and_is_never_shown() {
         let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
-        let secrets = cli.settings("b".into()).secrets;
+        let secrets = cli.settings(KafkaConnection::new("b")).secrets;
         assert!(secrets.key.is_none());
         assert_eq!(secrets.rotation_overlap, Duration::from_secs(86_400));
         let cli = Cli::try_parse_from(["wasmhook", "--secret-key", "c2VjcmV0LWtleQ=="]).unwrap();
-        let settings = cli.settings("b".into());
+        let settings = cli.settings(KafkaConnection::new("b"));
         assert!(matches!(settings.secrets.key, Some(KeySource::Base64(_))));
         assert!(!format!("{cli:?} {settings:?}").contains("c2VjcmV0LWtleQ"));
         let cli = Cli::try_parse_from(["wasmhook", "--secret-key-file", "/k"]).unwrap();
         assert!(matches!(
-            cli.settings("b".into()).secrets.key,
+            cli.settings(KafkaConnection::new("b")).secrets.key,
             Some(KeySource::File(_))
         ));
         assert!(
@@ -965,7 +1292,7 @@ mod tests {
     #[test]
     fn smtp_defaults_to_starttls_on_587_and_the_password_is_never_shown() {
         let cli = Cli::try_parse_from(["wasmhook", "--smtp-host", "mail.example"]).unwrap();
-        let smtp = cli.settings("b".into()).smtp.unwrap();
+        let smtp = cli.settings(KafkaConnection::new("b")).smtp.unwrap();
         assert_eq!((smtp.tls, smtp.port), (SmtpTls::Starttls, 587));
         assert!(smtp.credentials.is_none());
         let cli = Cli::try_parse_from([
@@ -980,7 +1307,7 @@ mod tests {
             "hunter2",
         ])
         .unwrap();
-        let settings = cli.settings("b".into());
+        let settings = cli.settings(KafkaConnection::new("b"));
         let smtp = settings.smtp.as_ref().unwrap();
         assert_eq!((smtp.tls, smtp.port), (SmtpTls::Tls, 465));
         let credentials = smtp.credentials.as_ref().unwrap();
@@ -1002,7 +1329,7 @@ mod tests {
             "/run/secrets/smtp",
         ])
         .unwrap();
-        let smtp = cli.settings("b".into()).smtp.unwrap();
+        let smtp = cli.settings(KafkaConnection::new("b")).smtp.unwrap();
         assert_eq!(smtp.port, 25);
         assert!(matches!(
             smtp.credentials.unwrap().password,
@@ -1041,14 +1368,21 @@ mod tests {
         );
         assert_eq!(cli.destinations(false), DestinationPolicy::public_only());
         assert_eq!(
-            cli.settings("b".into()).delivery.destinations,
+            cli.settings(KafkaConnection::new("b"))
+                .delivery
+                .destinations,
             DestinationPolicy::public_only()
         );
         let cli =
             Cli::try_parse_from(["wasmhook", "--allowed-destinations", "10.0.0.0/8, ::1"]).unwrap();
         let expected: DestinationPolicy = "10.0.0.0/8,::1/128".parse().unwrap();
         assert_eq!(cli.destinations(true), expected);
-        assert_eq!(cli.settings("b".into()).delivery.destinations, expected);
+        assert_eq!(
+            cli.settings(KafkaConnection::new("b"))
+                .delivery
+                .destinations,
+            expected
+        );
         // Given but empty: public addresses only, even with the embedded broker.
         let cli = Cli::try_parse_from(["wasmhook", "--allowed-destinations", ""]).unwrap();
         assert_eq!(cli.destinations(true), DestinationPolicy::public_only());
@@ -1088,7 +1422,10 @@ mod tests {
     #[test]
     fn server_limits_default_to_10s_60s_60s_1024_and_256() {
         let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
-        assert_eq!(cli.settings("b".into()).server, ServerSettings::default());
+        assert_eq!(
+            cli.settings(KafkaConnection::new("b")).server,
+            ServerSettings::default()
+        );
         let cli = Cli::try_parse_from([
             "wasmhook",
             "--header-read-timeout",
@@ -1097,7 +1434,7 @@ mod tests {
             "8",
         ])
         .unwrap();
-        let server = cli.settings("b".into()).server;
+        let server = cli.settings(KafkaConnection::new("b")).server;
         assert_eq!(server.header_read_timeout, Duration::from_secs(1));
         assert_eq!(server.max_concurrent_requests, 8);
         assert_eq!(server.max_connections, 1024);
@@ -1111,7 +1448,7 @@ mod tests {
             "postgres://app:hunter2@db.internal/wasmhook",
         ])
         .unwrap();
-        let settings = cli.settings("b".into());
+        let settings = cli.settings(KafkaConnection::new("b"));
         for shown in [format!("{settings:?}"), format!("{cli:?}")] {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(
@@ -1122,10 +1459,252 @@ mod tests {
         assert_eq!(redact_url("sqlite://wasmhook.db"), "sqlite://wasmhook.db");
     }
 
+    fn kafka(args: &[&str], secrets: KafkaSecrets) -> Result<KafkaConnection, KafkaConfigError> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("wasmhook").chain(args.iter().copied())).unwrap();
+        cli.kafka_connection("b:9093".into(), false, secrets)
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn with_no_kafka_flags_clients_connect_in_plaintext() {
+        let connection = kafka(&[], KafkaSecrets::default()).unwrap();
+        assert_eq!(connection.protocol(), SecurityProtocol::Plaintext);
+        assert_eq!(connection.brokers(), "b:9093");
+        assert_eq!(connection.describe(), "plaintext");
+    }
+
+    #[test]
+    fn kafka_tls_and_sasl_flags_reach_every_client_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = write(&dir, "ca.pem", CERT);
+        let cert = write(&dir, "client.pem", CERT);
+        let key = write(&dir, "client.key", KEY);
+        let key_password = write(&dir, "key-password", "k3y\n");
+        let password = write(&dir, "password", "hunter2\r\n");
+        let connection = kafka(
+            &[
+                "--kafka-ca-file",
+                &ca,
+                "--kafka-cert-file",
+                &cert,
+                "--kafka-key-file",
+                &key,
+                "--kafka-key-password-file",
+                &key_password,
+                "--kafka-sasl-mechanism",
+                "scram-sha-512",
+                "--kafka-sasl-username",
+                "alice",
+                "--kafka-password-file",
+                &password,
+                "--kafka-option",
+                "socket.keepalive.enable=true",
+                "--kafka-option",
+                "reconnect.backoff.ms=50;reconnect.backoff.max.ms=2000",
+            ],
+            KafkaSecrets::default(),
+        )
+        .unwrap();
+        let config = connection.client_config("wasmhook-x");
+        for (key_name, value) in [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "alice"),
+            ("sasl.password", "hunter2"),
+            ("ssl.ca.location", ca.as_str()),
+            ("ssl.certificate.location", cert.as_str()),
+            ("ssl.key.location", key.as_str()),
+            ("ssl.key.password", "k3y"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+            ("socket.keepalive.enable", "true"),
+            ("reconnect.backoff.ms", "50"),
+            ("reconnect.backoff.max.ms", "2000"),
+        ] {
+            assert_eq!(config.get(key_name), Some(value), "{key_name}");
+        }
+        let shown = format!("{connection:?} {}", connection.describe());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn the_sasl_password_comes_from_the_environment_or_a_file_never_a_flag() {
+        assert!(Cli::try_parse_from(["wasmhook", "--kafka-password", "x"]).is_err());
+        let user = [
+            "--kafka-sasl-mechanism",
+            "PLAIN",
+            "--kafka-sasl-username",
+            "u",
+        ];
+        let from_env = || KafkaSecrets {
+            password: Some(HiddenText("from-env".into())),
+            key_password: None,
+        };
+        let config = kafka(&user, from_env()).unwrap().client_config("x");
+        assert_eq!(config.get("sasl.password"), Some("from-env"));
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "password", "p");
+        let both = [&user[..], &["--kafka-password-file", &file]].concat();
+        assert!(matches!(
+            kafka(&both, from_env()),
+            Err(KafkaConfigError::PasswordTwice { .. })
+        ));
+        let none = kafka(&user, KafkaSecrets::default()).unwrap_err();
+        assert!(
+            none.to_string().contains("WASMHOOK_KAFKA_PASSWORD"),
+            "{none}"
+        );
+        assert!(matches!(
+            kafka(&[], from_env()),
+            Err(KafkaConfigError::Unused { .. })
+        ));
+        let empty = write(&dir, "empty", "\n");
+        let error = kafka(
+            &[&user[..], &["--kafka-password-file", &empty]].concat(),
+            KafkaSecrets::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("--kafka-password-file"),
+            "{error}"
+        );
+        // A mechanism needs a user, and the other way round.
+        assert!(Cli::try_parse_from(["wasmhook", "--kafka-sasl-mechanism", "PLAIN"]).is_err());
+        assert!(Cli::try_parse_from(["wasmhook", "--kafka-sasl-username", "u"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "wasmhook",
+                "--kafka-sasl-mechanism",
+                "GSSAPI",
+                "--kafka-sasl-username",
+                "u"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_kafka_file_that_is_missing_or_not_pem_is_an_error_naming_the_flag_and_the_path() {
+        let error = kafka(
+            &["--kafka-ca-file", "/nowhere/ca.pem"],
+            KafkaSecrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("--kafka-ca-file: "), "{error}");
+        assert!(error.contains("/nowhere/ca.pem"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let cert = write(&dir, "c.pem", CERT);
+        let key = write(&dir, "k.pem", CERT);
+        let error = kafka(
+            &["--kafka-cert-file", &cert, "--kafka-key-file", &key],
+            KafkaSecrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("--kafka-key-file: "), "{error}");
+        assert!(error.contains("no PEM private key"), "{error}");
+        // A certificate needs its key.
+        assert!(Cli::try_parse_from(["wasmhook", "--kafka-cert-file", &cert]).is_err());
+    }
+
+    #[test]
+    fn the_security_protocol_is_a_kafka_name_in_any_case_and_must_fit_the_rest() {
+        let connection = kafka(
+            &[
+                "--kafka-security-protocol",
+                "SSL",
+                "--kafka-no-hostname-verification",
+            ],
+            KafkaSecrets::default(),
+        )
+        .unwrap();
+        let config = connection.client_config("x");
+        assert_eq!(config.get("security.protocol"), Some("ssl"));
+        assert_eq!(config.get("ssl.ca.location"), Some("probe"));
+        assert_eq!(
+            config.get("ssl.endpoint.identification.algorithm"),
+            Some("none")
+        );
+        let error = kafka(
+            &["--kafka-security-protocol", "sasl_ssl"],
+            KafkaSecrets::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            error,
+            KafkaConfigError::Connection(ConnectionError::SaslMissing { .. })
+        ));
+        assert!(Cli::try_parse_from(["wasmhook", "--kafka-security-protocol", "tls"]).is_err());
+    }
+
+    #[test]
+    fn a_kafka_option_must_be_key_equals_value() {
+        let error = Cli::try_parse_from(["wasmhook", "--kafka-option", "fetch.max.bytes"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--kafka-option"), "{error}");
+        assert!(error.contains("is not key=value"), "{error}");
+        let error = kafka(
+            &["--kafka-option", "no.such.thing=1"],
+            KafkaSecrets::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("no.such.thing"), "{error}");
+    }
+
+    #[test]
+    fn the_embedded_broker_refuses_security_settings_but_takes_options() {
+        let cli = Cli::try_parse_from(["wasmhook", "--kafka-security-protocol", "ssl"]).unwrap();
+        let error = cli
+            .kafka_connection("127.0.0.1:1".into(), true, KafkaSecrets::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--kafka-security-protocol needs --kafka-brokers"),
+            "{error}"
+        );
+        let cli = Cli::try_parse_from(["wasmhook", "--kafka-option", "debug=broker"]).unwrap();
+        let connection = cli
+            .kafka_connection("127.0.0.1:1".into(), true, KafkaSecrets::default())
+            .unwrap();
+        assert_eq!(connection.client_config("x").get("debug"), Some("broker"));
+        assert_eq!(connection.protocol(), SecurityProtocol::Plaintext);
+    }
+
+    #[test]
+    fn readiness_checks_default_to_two_seconds() {
+        let cli = Cli::try_parse_from(["wasmhook", "--readiness-timeout", "500ms"]).unwrap();
+        assert_eq!(
+            cli.settings(KafkaConnection::new("b"))
+                .server
+                .readiness_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            ServerSettings::default().readiness_timeout,
+            Duration::from_secs(2)
+        );
+    }
+
     #[test]
     fn plugin_limits_default_to_100ms_1s_64mib_and_32mib_uploads() {
         let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
-        let plugins = cli.settings("b".into()).delivery.plugins;
+        let plugins = cli.settings(KafkaConnection::new("b")).delivery.plugins;
         assert_eq!(plugins.limits, HostLimits::default());
         assert_eq!(
             plugins.limits.defaults.cpu_deadline,
@@ -1144,8 +1723,16 @@ mod tests {
     #[test]
     fn ingest_defaults_to_1mib_records_4mib_bodies_and_the_log_topic_without_forwarding() {
         let cli = Cli::try_parse_from(["wasmhook"]).unwrap();
-        assert_eq!(cli.settings("b".into()).ingest, IngestSettings::default());
-        assert!(cli.settings("b".into()).ingest.forwarder.is_none());
+        assert_eq!(
+            cli.settings(KafkaConnection::new("b")).ingest,
+            IngestSettings::default()
+        );
+        assert!(
+            cli.settings(KafkaConnection::new("b"))
+                .ingest
+                .forwarder
+                .is_none()
+        );
     }
 
     #[test]
@@ -1162,7 +1749,7 @@ mod tests {
             "app-log",
         ])
         .unwrap();
-        let ingest = cli.settings("b".into()).ingest;
+        let ingest = cli.settings(KafkaConnection::new("b")).ingest;
         assert_eq!(ingest.log_topic.as_str(), "app-log");
         let forwarder = ingest.forwarder.unwrap();
         assert_eq!(

@@ -7,7 +7,7 @@
 //! - [`logging`]: text (coloured only on a terminal) or JSON log lines.
 //! - [`startup`]: [`startup::Application`] builds everything that can fail at
 //!   start-up, then runs the REST API and the delivery engine until shut down.
-//! - [`api`]: the REST API (subscriptions, status, admin switch, plugins, healthz).
+//! - [`api`]: the REST API (subscriptions, status, admin switch, plugins, healthz, readyz).
 //! - [`domain`]: newtypes that parse the API's input into a valid subscription spec.
 //! - [`registry`]: subscriptions, plugins, activity and the admin switch in SQLite or PostgreSQL.
 //! - [`ingest`]: the door into Kafka — `POST /1/Topic/{topic}/Records`
@@ -22,8 +22,10 @@
 //! - [`egress`]: the SSRF guard — which addresses webhooks may go to, checked
 //!   on every connection after DNS resolution and at registration for IP literals.
 //! - [`secrets`]: the key that seals secrets at rest, and the sealed form of a value.
-//! - [`kafka`]: what every door shares about Kafka: [`kafka::Topics`] creates
-//!   the topics wasmhook produces to (admin API, or auto-creation where that is all there is).
+//! - [`kafka`]: what every door shares about Kafka: [`kafka::KafkaConnection`]
+//!   (brokers, TLS, SASL, raw options) that every client's configuration starts
+//!   from, [`kafka::Topics`] creates the topics wasmhook produces to (admin API,
+//!   or auto-creation where that is all there is), [`kafka::BrokerHealth`] for readiness.
 //! - [`broker`]: the embedded in-memory Kafka broker used when none is configured.
 //!
 //! Data paths, delivery semantics and where each decision lives:

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use wasmhook::broker::EmbeddedBroker;
-use wasmhook::config::{Cli, Command, TokenCommand};
+use wasmhook::config::{Cli, Command, KafkaSecrets, TokenCommand};
 use wasmhook::domain::AccessToken;
 use wasmhook::registry::Registry;
 use wasmhook::startup::Application;
@@ -34,17 +34,21 @@ async fn serve() -> anyhow::Result<()> {
         Some(Command::Serve) | None => {}
     }
 
+    // Secrets only from the environment (or files), never from flags.
+    let secrets = KafkaSecrets::from_env();
     // The embedded broker must outlive the application.
-    let (embedded, brokers) = match &cli.kafka_brokers {
-        Some(brokers) => (None, brokers.clone()),
+    let (embedded, kafka) = match &cli.kafka_brokers {
+        Some(brokers) => (None, cli.kafka_connection(brokers.clone(), false, secrets)?),
         None => {
             let broker = EmbeddedBroker::start(1).context("starting the embedded broker")?;
-            let brokers = broker.bootstrap_servers();
-            (Some(broker), brokers)
+            let kafka = cli.kafka_connection(broker.bootstrap_servers(), true, secrets)?;
+            (Some(broker), kafka)
         }
     };
+    let brokers = kafka.brokers().to_string();
+    let security = kafka.describe();
 
-    let mut settings = cli.settings(brokers.clone());
+    let mut settings = cli.settings(kafka);
     settings.delivery.destinations = cli.destinations(embedded.is_some());
     settings.delivery.dead_letter_topic = cli.dead_letter_topic(embedded.is_some());
     let app = Application::build(settings).await?;
@@ -70,7 +74,7 @@ async fn serve() -> anyhow::Result<()> {
             "  produce with: echo '{{\"hello\":\"world\"}}' | kcat -P -b {brokers} -t my-topic"
         );
     } else {
-        println!("Kafka brokers: {brokers}");
+        println!("Kafka brokers: {brokers}, security: {security}");
     }
     println!("{}", cli.destinations_banner(embedded.is_some()));
     if let Some(line) = app.forwarder_banner() {

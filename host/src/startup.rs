@@ -23,7 +23,7 @@ use crate::delivery::ledger::Ledger;
 use crate::delivery::state::ConsumerStates;
 use crate::domain::AccessToken;
 use crate::ingest::{Ingest, forwarder};
-use crate::kafka::Topics;
+use crate::kafka::{BrokerHealth, Topics};
 use crate::plugin::PluginEngine;
 use crate::registry::Registry;
 use crate::secrets::{KeyOrigin, resolve_key};
@@ -58,6 +58,11 @@ impl Application {
         // component compiled at upload is reused from the cache by sha256.
         let engine =
             PluginEngine::new(settings.delivery.plugins).context("starting the plugin runtime")?;
+        tracing::info!(
+            brokers = settings.kafka.brokers(),
+            security = %settings.kafka.describe(),
+            "Kafka connection settings (every client uses them)."
+        );
         // Builds clients only: nothing connects until a subscription is saved.
         let topics = Topics::new(&settings.kafka, settings.delivery.kafka_admin_timeout)
             .context("creating the Kafka admin client")?;
@@ -96,6 +101,9 @@ impl Application {
                 Some(line)
             }
         };
+        // Connects at the first /readyz.
+        let broker =
+            BrokerHealth::new(&settings.kafka).context("creating the Kafka health client")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding the REST API to {}", settings.listen))?;
@@ -112,6 +120,8 @@ impl Application {
                 ledger: Ledger::new(),
                 topics,
                 dead_letter_topic: settings.delivery.dead_letter_topic,
+                broker,
+                readiness_timeout: settings.server.readiness_timeout,
             },
             ingest,
             forwarder,

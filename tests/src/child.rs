@@ -102,7 +102,8 @@ pub async fn run_wasmhook(args: Vec<String>) -> anyhow::Result<()> {
         .kafka_brokers
         .clone()
         .context("the wasmhook mode needs --kafka-brokers")?;
-    let app = wasmhook::Application::build(cli.settings(brokers)).await?;
+    let kafka = cli.kafka_connection(brokers, false, wasmhook::config::KafkaSecrets::from_env())?;
+    let app = wasmhook::Application::build(cli.settings(kafka)).await?;
     println!(
         "wasmhook is serving the REST API on http://{}",
         app.local_addr()

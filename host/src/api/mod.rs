@@ -60,6 +60,10 @@ pub struct AppState {
     pub topics: crate::kafka::Topics,
     /// The layout a dead-letter topic is created with.
     pub dead_letter_topic: crate::kafka::TopicLayout,
+    /// Whether the brokers answer, for `/readyz`.
+    pub broker: crate::kafka::BrokerHealth,
+    /// How long each `/readyz` check may take.
+    pub readiness_timeout: std::time::Duration,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
@@ -135,15 +139,44 @@ async fn healthz() -> &'static str {
     "OK"
 }
 
-/// Readiness: 200 `OK` when the registry answers, else 503.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match state.registry.ping().await {
-        Ok(()) => (StatusCode::OK, "OK"),
-        Err(error) => {
-            tracing::warn!(error = %error, "Not ready: the registry does not answer.");
-            (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable")
+/// Readiness: the registry and the brokers, checked at once, each within
+/// the readiness timeout. 200 `{"registry": "ok", "broker": "ok"}`, else 503
+/// with what is down and why (`"unreachable: …"`).
+async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let timeout = state.readiness_timeout;
+    let registry = async {
+        match tokio::time::timeout(timeout, state.registry.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
         }
-    }
+    };
+    let broker = async {
+        state
+            .broker
+            .check(timeout)
+            .await
+            .map_err(|down| down.reason().to_string())
+    };
+    let (registry, broker) = tokio::join!(registry, broker);
+    let ready = registry.is_ok() && broker.is_ok();
+    let describe = |check: Result<(), String>, what: &str| match check {
+        Ok(()) => "ok".to_string(),
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "Not ready: the {what} does not answer.");
+            format!("unreachable: {reason}")
+        }
+    };
+    let body = serde_json::json!({
+        "registry": describe(registry, "registry"),
+        "broker": describe(broker, "broker"),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
 }
 
 /// `limit` and `cursor` of a list route.

@@ -2,7 +2,9 @@
 //! producers of the delivery engine, the API and the tools.
 //!
 //! - [`client`]: [`KafkaConnection`], where the cluster is and how every
-//!   client connects to it; each client's configuration starts there.
+//!   client connects to it (security protocol, TLS, SASL, raw librdkafka
+//!   options); each client's configuration starts there.
+//! - [`health`]: [`BrokerHealth`], whether the brokers answer now (readiness).
 //! - [`topics`]: [`Topics`], which makes sure a topic exists before anything
 //!   produces to it (the admin API, with a fallback for brokers without it),
 //!   and [`TopicLayout`], the partitions and replication a created topic gets.
@@ -10,8 +12,13 @@
 //! It does not consume or produce messages: each door owns its clients.
 
 pub mod client;
+pub mod health;
 pub mod topics;
 
-pub use client::KafkaConnection;
+pub use client::{
+    ClientIdentity, ConnectionError, KafkaConnection, KafkaOption, PemFile, PemKind, SaslMechanism,
+    SaslSettings, SecurityProtocol, TlsSettings,
+};
+pub use health::{BrokerDown, BrokerHealth};
 
 pub use topics::{Ensured, TopicError, TopicLayout, Topics, dead_letter_topic};

@@ -23,6 +23,9 @@ use wasmhook::config::{
     SmtpSettings, SmtpTls,
 };
 use wasmhook::egress::DestinationPolicy;
+use wasmhook::kafka::{
+    KafkaConnection, PemFile, PemKind, SaslMechanism, SaslSettings, SecurityProtocol, TlsSettings,
+};
 use wasmhook::secrets::{KeySource, SecretKey};
 use wasmhook::startup::Application;
 
@@ -623,6 +626,12 @@ impl Tansu {
     /// saying how to install it, when the binary is missing: a test that
     /// needs tansu never passes without it.
     pub async fn start() -> Self {
+        Self::start_with(TansuOptions::default()).await
+    }
+
+    /// As [`Tansu::start`], on a given port, advertising another address
+    /// (a [`BrokerFront`] before it).
+    pub async fn start_with(options: TansuOptions) -> Self {
         let binary = tansu_binary().unwrap_or_else(|| {
             panic!(
                 "tansu is not installed (looked on PATH and in ~/.cargo/bin). These tests need \
@@ -630,16 +639,25 @@ impl Tansu {
                  (the README's test command runs this)"
             )
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = options.port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port()
+        });
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = options
+            .advertised
+            .as_ref()
+            .map(|address| format!("tcp://{address}"))
+            .unwrap_or_else(|| url.clone());
         let log = tempfile::NamedTempFile::new().expect("a log file for tansu");
-        let mut child = tokio::process::Command::new(&binary)
+        let mut command = tokio::process::Command::new(&binary);
+        command
             .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "memory://tansu/"]);
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(log.reopen().expect("tansu's log file"))
@@ -647,11 +665,12 @@ impl Tansu {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let brokers = format!("127.0.0.1:{port}");
-        let probe = wasmhook::kafka::Topics::new(
-            &wasmhook::kafka::KafkaConnection::new(&brokers),
-            Duration::from_secs(1),
-        )
-        .expect("a Kafka admin client");
+        let connection = options
+            .probe
+            .clone()
+            .unwrap_or_else(|| KafkaConnection::new(&brokers));
+        let probe = wasmhook::kafka::Topics::new(&connection, Duration::from_secs(1))
+            .expect("a Kafka admin client");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -678,6 +697,18 @@ impl Tansu {
     }
 }
 
+/// How [`Tansu::start_with`] starts tansu.
+#[derive(Debug, Clone, Default)]
+pub struct TansuOptions {
+    /// Its loopback port; unset: a free one.
+    pub port: Option<u16>,
+    /// `host:port` told to clients in metadata; unset: its own listener.
+    pub advertised: Option<String>,
+    /// How to ask whether it is up; unset: plaintext to its own listener.
+    /// (Not that when it advertises another address: clients go there next.)
+    pub probe: Option<KafkaConnection>,
+}
+
 /// `tansu` on PATH, else where `cargo install` puts it.
 fn tansu_binary() -> Option<std::path::PathBuf> {
     let on_path = std::env::var_os("PATH")
@@ -693,6 +724,622 @@ fn tansu_binary() -> Option<std::path::PathBuf> {
         .chain(cargo_home.map(|home| home.join("bin")))
         .map(|dir| dir.join("tansu"))
         .find(|candidate| candidate.is_file())
+}
+
+// ---- TLS in front of a broker ----
+
+/// A certificate authority made for one test, and what it signs, as PEM files.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate: what a client trusts.
+    pub cert_path: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// A certificate a [`TestCa`] signed, and its key, in PEM files and in DER.
+pub struct Issued {
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn generate(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&cert_path, issuer.pem()).unwrap();
+        Self {
+            issuer,
+            cert_path,
+            dir,
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), signed by this CA.
+    pub fn issue(&self, file: &str, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, file.to_string());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_path = self.dir.path().join(format!("{file}.pem"));
+        let key_path = self.dir.path().join(format!("{file}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Issued {
+            cert_path,
+            key_path,
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    /// A TLS server that presents `server` and, with `client_auth`, accepts
+    /// only clients with a certificate this CA signed (mutual TLS).
+    pub fn server_config(&self, server: &Issued, client_auth: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.issuer.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server.key_der.clone().into());
+        Arc::new(
+            builder
+                .with_single_cert(vec![server.cert_der.clone()], key)
+                .unwrap(),
+        )
+    }
+}
+
+/// SASL accounts a [`BrokerFront`] accepts, and with which mechanisms.
+#[derive(Clone)]
+pub struct SaslAccounts {
+    pub mechanisms: Vec<SaslMechanism>,
+    /// User → password.
+    pub users: std::collections::HashMap<String, String>,
+}
+
+impl SaslAccounts {
+    pub fn new(mechanisms: &[SaslMechanism], users: &[(&str, &str)]) -> Self {
+        Self {
+            mechanisms: mechanisms.to_vec(),
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// What a managed cluster's listener is to its clients, in front of a
+/// plaintext broker: TLS (optionally requiring a client certificate) and/or
+/// SASL (PLAIN, SCRAM-SHA-256/512, answered here as a broker would: the
+/// handshake and authentication requests are served, ApiVersions is passed
+/// through, anything else before a login closes the connection). Once a
+/// client is in, bytes go both ways unchanged. It counts TLS handshakes and
+/// SASL logins, so a test can tell how its clients came in.
+pub struct BrokerFront {
+    /// `127.0.0.1:port`, for bootstrap servers and the broker's advertised address.
+    pub address: String,
+    listener: Option<std::net::TcpListener>,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    logins: Arc<std::sync::atomic::AtomicUsize>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl BrokerFront {
+    /// Takes a free loopback port now (the broker must advertise it before
+    /// it starts); [`BrokerFront::serve`] starts answering.
+    pub fn bind() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        Self {
+            address,
+            listener: Some(listener),
+            handshakes: Arc::default(),
+            logins: Arc::default(),
+            task: None,
+        }
+    }
+
+    /// Serves each connection with `tls` and/or `sasl`, then forwards it to `upstream`.
+    pub fn serve(
+        &mut self,
+        upstream: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        sasl: Option<SaslAccounts>,
+    ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = self.listener.take().expect("serve is called once");
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let upstream = upstream.to_string();
+        let (handshakes, logins) = (self.handshakes.clone(), self.logins.clone());
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, upstream, sasl) = (acceptor.clone(), upstream.clone(), sasl.clone());
+                let (handshakes, logins) = (handshakes.clone(), logins.clone());
+                tokio::spawn(async move {
+                    let Some(acceptor) = acceptor else {
+                        let _ = front_session(stream, &upstream, sasl.as_ref(), &logins).await;
+                        return;
+                    };
+                    // A refused handshake just closes the connection, as a broker's would.
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, SeqCst);
+                    let _ = front_session(tls, &upstream, sasl.as_ref(), &logins).await;
+                });
+            }
+        }));
+    }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Successful SASL logins so far.
+    pub fn logins(&self) -> usize {
+        self.logins.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for BrokerFront {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// One client connection: the SASL login (when asked for), then bytes both ways.
+async fn front_session<S>(
+    mut client: S,
+    upstream: &str,
+    sasl: Option<&SaslAccounts>,
+    logins: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut broker = tokio::net::TcpStream::connect(upstream).await?;
+    if let Some(accounts) = sasl {
+        let mut login = SaslLogin::new(accounts);
+        loop {
+            let request = read_frame(&mut client).await?;
+            let header = KafkaHeader::parse(&request)?;
+            match header.api_key {
+                API_VERSIONS => {
+                    write_frame(&mut broker, &request).await?;
+                    let answer = read_frame(&mut broker).await?;
+                    write_frame(&mut client, &answer).await?;
+                }
+                SASL_HANDSHAKE => {
+                    let answer = login.handshake(&header);
+                    write_frame(&mut client, &answer).await?;
+                }
+                SASL_AUTHENTICATE => {
+                    let (answer, outcome) = login.authenticate(&header);
+                    write_frame(&mut client, &answer).await?;
+                    match outcome {
+                        Login::Continue => {}
+                        Login::Done => {
+                            logins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            break;
+                        }
+                        Login::Failed => return Ok(()),
+                    }
+                }
+                // Nothing else before a login: the broker closes the connection.
+                _ => return Ok(()),
+            }
+        }
+    }
+    tokio::io::copy_bidirectional(&mut client, &mut broker).await?;
+    Ok(())
+}
+
+const API_VERSIONS: i16 = 18;
+const SASL_HANDSHAKE: i16 = 17;
+const SASL_AUTHENTICATE: i16 = 36;
+const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+const SASL_AUTHENTICATION_FAILED: i16 = 58;
+
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let size = stream.read_i32().await?;
+    let mut frame = vec![0; usize::try_from(size).unwrap_or(0).min(16 << 20)];
+    stream.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn write_frame<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    stream.write_i32(frame.len() as i32).await?;
+    stream.write_all(frame).await?;
+    stream.flush().await
+}
+
+/// A request's header (v1: the SASL requests librdkafka sends are not
+/// flexible) and what follows it.
+struct KafkaHeader {
+    api_key: i16,
+    api_version: i16,
+    correlation_id: i32,
+    body: Vec<u8>,
+}
+
+impl KafkaHeader {
+    fn parse(frame: &[u8]) -> std::io::Result<Self> {
+        let short = || std::io::Error::new(std::io::ErrorKind::InvalidData, "short frame");
+        if frame.len() < 10 {
+            return Err(short());
+        }
+        let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let api_version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes(frame[4..8].try_into().unwrap());
+        let client_id = i16::from_be_bytes([frame[8], frame[9]]);
+        let body_at = 10 + usize::try_from(client_id).unwrap_or(0);
+        Ok(Self {
+            api_key,
+            api_version,
+            correlation_id,
+            body: frame.get(body_at..).ok_or_else(short)?.to_vec(),
+        })
+    }
+
+    /// The body's leading `bytes` (SaslAuthenticate v0/v1) or `string` (SaslHandshake).
+    fn leading_bytes(&self, length_bytes: usize) -> Vec<u8> {
+        let (length, rest) = self.body.split_at(length_bytes.min(self.body.len()));
+        let length = match length_bytes {
+            2 => i16::from_be_bytes(length.try_into().unwrap_or([0; 2])) as usize,
+            _ => i32::from_be_bytes(length.try_into().unwrap_or([0; 4])) as usize,
+        };
+        rest.get(..length).unwrap_or_default().to_vec()
+    }
+}
+
+enum Login {
+    Continue,
+    Done,
+    Failed,
+}
+
+/// The broker's side of one SASL login.
+struct SaslLogin<'a> {
+    accounts: &'a SaslAccounts,
+    mechanism: Option<SaslMechanism>,
+    /// SCRAM, between the client's first message and its last.
+    scram: Option<ScramExchange>,
+}
+
+struct ScramExchange {
+    user: String,
+    nonce: String,
+    client_first_bare: String,
+    server_first: String,
+}
+
+impl<'a> SaslLogin<'a> {
+    fn new(accounts: &'a SaslAccounts) -> Self {
+        Self {
+            accounts,
+            mechanism: None,
+            scram: None,
+        }
+    }
+
+    fn handshake(&mut self, header: &KafkaHeader) -> Vec<u8> {
+        let asked = String::from_utf8_lossy(&header.leading_bytes(2)).into_owned();
+        self.mechanism = self
+            .accounts
+            .mechanisms
+            .iter()
+            .copied()
+            .find(|m| m.as_kafka() == asked);
+        let mut answer = header.correlation_id.to_be_bytes().to_vec();
+        let code = if self.mechanism.is_some() {
+            0
+        } else {
+            UNSUPPORTED_SASL_MECHANISM
+        };
+        answer.extend(code.to_be_bytes());
+        answer.extend((self.accounts.mechanisms.len() as i32).to_be_bytes());
+        for mechanism in &self.accounts.mechanisms {
+            let name = mechanism.as_kafka();
+            answer.extend((name.len() as i16).to_be_bytes());
+            answer.extend(name.as_bytes());
+        }
+        answer
+    }
+
+    fn authenticate(&mut self, header: &KafkaHeader) -> (Vec<u8>, Login) {
+        let token = header.leading_bytes(4);
+        let (reply, outcome) = match self.mechanism {
+            Some(SaslMechanism::Plain) => self.plain(&token),
+            Some(SaslMechanism::ScramSha256) => self.scram(Scram::Sha256, &token),
+            Some(SaslMechanism::ScramSha512) => self.scram(Scram::Sha512, &token),
+            None => (Vec::new(), Login::Failed),
+        };
+        let mut answer = header.correlation_id.to_be_bytes().to_vec();
+        match outcome {
+            Login::Failed => {
+                let message = "Authentication failed: invalid credentials";
+                answer.extend(SASL_AUTHENTICATION_FAILED.to_be_bytes());
+                answer.extend((message.len() as i16).to_be_bytes());
+                answer.extend(message.as_bytes());
+            }
+            _ => {
+                answer.extend(0i16.to_be_bytes());
+                answer.extend((-1i16).to_be_bytes());
+            }
+        }
+        answer.extend((reply.len() as i32).to_be_bytes());
+        answer.extend(&reply);
+        if header.api_version >= 1 {
+            answer.extend(0i64.to_be_bytes()); // session_lifetime_ms: none
+        }
+        (answer, outcome)
+    }
+
+    /// `authzid \0 user \0 password`.
+    fn plain(&self, token: &[u8]) -> (Vec<u8>, Login) {
+        let parts: Vec<&[u8]> = token.split(|b| *b == 0).collect();
+        let known = parts.len() == 3
+            && self
+                .accounts
+                .users
+                .get(&*String::from_utf8_lossy(parts[1]))
+                .is_some_and(|password| password.as_bytes() == parts[2]);
+        (Vec::new(), if known { Login::Done } else { Login::Failed })
+    }
+
+    /// RFC 5802, the server's half: two round trips.
+    fn scram(&mut self, scram: Scram, token: &[u8]) -> (Vec<u8>, Login) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let text = String::from_utf8_lossy(token).into_owned();
+        let attribute = |message: &str, key: &str| {
+            message
+                .split(',')
+                .find_map(|part| part.strip_prefix(&format!("{key}=")).map(str::to_string))
+        };
+        const SALT: &[u8] = b"wasmhook-test-salt";
+        const ITERATIONS: u32 = 4096;
+        match self.scram.take() {
+            None => {
+                let Some(bare) = text.strip_prefix("n,,") else {
+                    return (Vec::new(), Login::Failed);
+                };
+                let (Some(user), Some(client_nonce)) = (attribute(bare, "n"), attribute(bare, "r"))
+                else {
+                    return (Vec::new(), Login::Failed);
+                };
+                let nonce = format!("{client_nonce}{}", uuid::Uuid::new_v4().simple());
+                let server_first = format!("r={nonce},s={},i={ITERATIONS}", b64.encode(SALT));
+                self.scram = Some(ScramExchange {
+                    user,
+                    nonce,
+                    client_first_bare: bare.to_string(),
+                    server_first: server_first.clone(),
+                });
+                (server_first.into_bytes(), Login::Continue)
+            }
+            Some(exchange) => {
+                let Some(password) = self.accounts.users.get(&exchange.user) else {
+                    return (Vec::new(), Login::Failed);
+                };
+                let Some((without_proof, proof)) = text.rsplit_once(",p=") else {
+                    return (Vec::new(), Login::Failed);
+                };
+                if attribute(without_proof, "r").as_deref() != Some(exchange.nonce.as_str()) {
+                    return (Vec::new(), Login::Failed);
+                }
+                let salted = scram.salted_password(password.as_bytes(), SALT, ITERATIONS);
+                let client_key = scram.hmac(&salted, b"Client Key");
+                let auth_message = format!(
+                    "{},{},{without_proof}",
+                    exchange.client_first_bare, exchange.server_first
+                );
+                let signature = scram.hmac(&scram.hash(&client_key), auth_message.as_bytes());
+                let expected: Vec<u8> = client_key
+                    .iter()
+                    .zip(&signature)
+                    .map(|(k, s)| k ^ s)
+                    .collect();
+                if b64.decode(proof).ok() != Some(expected) {
+                    return (Vec::new(), Login::Failed);
+                }
+                let server_key = scram.hmac(&salted, b"Server Key");
+                let verifier = scram.hmac(&server_key, auth_message.as_bytes());
+                (
+                    format!("v={}", b64.encode(verifier)).into_bytes(),
+                    Login::Done,
+                )
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Scram {
+    Sha256,
+    Sha512,
+}
+
+impl Scram {
+    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        use hmac::Mac;
+        match self {
+            Scram::Sha256 => {
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            }
+            Scram::Sha512 => {
+                let mut mac = hmac::Hmac::<sha2::Sha512>::new_from_slice(key).unwrap();
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+
+    fn hash(self, data: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        match self {
+            Scram::Sha256 => sha2::Sha256::digest(data).to_vec(),
+            Scram::Sha512 => sha2::Sha512::digest(data).to_vec(),
+        }
+    }
+
+    /// PBKDF2 with this HMAC, one block (as long as the hash).
+    fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        let mut block = self.hmac(password, &[salt, &1u32.to_be_bytes()].concat());
+        let mut out = block.clone();
+        for _ in 1..iterations {
+            block = self.hmac(password, &block);
+            out.iter_mut().zip(&block).for_each(|(o, b)| *o ^= b);
+        }
+        out
+    }
+}
+
+/// How [`FrontedTansu::start`] fronts tansu.
+#[derive(Clone)]
+pub struct Front {
+    /// TLS with a broker certificate for these names; `None`: plaintext.
+    pub tls_names: Option<Vec<&'static str>>,
+    /// TLS only: require a client certificate from the CA.
+    pub client_auth: bool,
+    pub sasl: Option<SaslAccounts>,
+}
+
+impl Front {
+    /// TLS for 127.0.0.1 and localhost, nothing else.
+    pub fn tls() -> Self {
+        Self {
+            tls_names: Some(vec!["127.0.0.1", "localhost"]),
+            client_auth: false,
+            sasl: None,
+        }
+    }
+}
+
+/// tansu behind a [`BrokerFront`] that it advertises, so that every client,
+/// after bootstrap too, comes back through the front.
+pub struct FrontedTansu {
+    /// Kept running as long as this value.
+    _tansu: Tansu,
+    pub front: BrokerFront,
+    pub ca: TestCa,
+}
+
+impl FrontedTansu {
+    pub async fn start(options: Front) -> Self {
+        let ca = TestCa::generate("kafka");
+        let mut front = BrokerFront::bind();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let tls = options.tls_names.as_ref().map(|names| {
+            let server = ca.issue("broker", names);
+            ca.server_config(&server, options.client_auth)
+        });
+        // Serving before tansu starts: its metadata sends clients here at once.
+        front.serve(&format!("127.0.0.1:{port}"), tls, options.sasl.clone());
+        let probe = Self::probe(&ca, &front.address, &options);
+        let tansu = Tansu::start_with(TansuOptions {
+            port: Some(port),
+            advertised: Some(front.address.clone()),
+            probe: Some(probe),
+        })
+        .await;
+        Self {
+            _tansu: tansu,
+            front,
+            ca,
+        }
+    }
+
+    /// A connection that gets through the front: the CA (names unchecked,
+    /// as some tests give the broker a name that is not its address), a
+    /// client certificate, an account.
+    fn probe(ca: &TestCa, address: &str, options: &Front) -> KafkaConnection {
+        let tls = match &options.tls_names {
+            None => TlsSettings::default(),
+            Some(_) => TlsSettings {
+                ca: Some(PemFile::read(&ca.cert_path, PemKind::Certificates).unwrap()),
+                identity: options.client_auth.then(|| {
+                    let probe = ca.issue("probe", &["probe"]);
+                    wasmhook::kafka::ClientIdentity {
+                        certificate: PemFile::read(&probe.cert_path, PemKind::Certificates)
+                            .unwrap(),
+                        key: PemFile::read(&probe.key_path, PemKind::PrivateKey).unwrap(),
+                        key_password: None,
+                    }
+                }),
+                verify_hostname: false,
+            },
+        };
+        let sasl = options.sasl.as_ref().map(|accounts| {
+            let (user, password) = accounts.users.iter().next().expect("an account");
+            SaslSettings {
+                mechanism: accounts.mechanisms[0],
+                username: user.clone(),
+                password: wasmhook::secrets::HiddenText(password.clone()),
+            }
+        });
+        let protocol = match (options.tls_names.is_some(), sasl.is_some()) {
+            (true, true) => SecurityProtocol::SaslSsl,
+            (true, false) => SecurityProtocol::Ssl,
+            (false, true) => SecurityProtocol::SaslPlaintext,
+            (false, false) => SecurityProtocol::Plaintext,
+        };
+        KafkaConnection::secured(address, Some(protocol), tls, sasl).expect("a probe connection")
+    }
+
+    /// TLS settings that trust the front's CA (names checked).
+    pub fn tls(&self) -> TlsSettings {
+        TlsSettings {
+            ca: Some(PemFile::read(&self.ca.cert_path, PemKind::Certificates).unwrap()),
+            ..TlsSettings::default()
+        }
+    }
 }
 
 // ---- SMTP ----
@@ -1021,21 +1668,31 @@ impl BinaryApp {
 
     /// As [`BinaryApp::spawn`], with more flags (a later flag overrides an earlier one).
     pub async fn spawn_with(database_url: &str, brokers: &str, extra: &[&str]) -> Self {
-        Self::spawn_with_env(database_url, brokers, extra, &[], false).await
+        Self::spawn_inner(database_url, brokers, extra, &[], false).await
     }
 
-    /// As [`BinaryApp::spawn_with`], with environment variables, its log
-    /// lines at `info` kept for [`BinaryApp::logs`].
+    /// As [`BinaryApp::spawn_with`], with environment variables set for it.
+    pub async fn spawn_with_env(
+        database_url: &str,
+        brokers: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn_inner(database_url, brokers, extra, env, false).await
+    }
+
+    /// As [`BinaryApp::spawn_with_env`], its log lines at `info` kept for
+    /// [`BinaryApp::logs`].
     pub async fn spawn_logged(
         database_url: &str,
         brokers: &str,
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        Self::spawn_with_env(database_url, brokers, extra, env, true).await
+        Self::spawn_inner(database_url, brokers, extra, env, true).await
     }
 
-    async fn spawn_with_env(
+    async fn spawn_inner(
         database_url: &str,
         brokers: &str,
         extra: &[&str],
@@ -1044,6 +1701,7 @@ impl BinaryApp {
     ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut command = tokio::process::Command::new(binary_path());
+        command.envs(env.iter().copied());
         // PostgreSQL has no key file beside it: every host gets the database's key.
         if let Some(key) = postgres_secret_key(database_url) {
             command.env("WASMHOOK_SECRET_KEY", key.to_base64());

@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod hosts;
 mod ingest;
+mod kafka_connection;
 mod log_forwarder;
 mod plugin_runtime;
 mod plugins;
