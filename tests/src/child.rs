@@ -92,6 +92,18 @@ impl Child {
     }
 }
 
+/// Log lines of the harness (and of the child's `wasmhook` mode) on stderr,
+/// `warn` unless `RUST_LOG` says otherwise, so stdout carries only the report.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// The `wasmhook` mode of this executable: runs wasmhook itself, until
 /// SIGINT or SIGTERM.
 pub async fn run_wasmhook(args: Vec<String>) -> anyhow::Result<()> {

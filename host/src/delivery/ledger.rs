@@ -89,21 +89,7 @@ impl Ledger {
     /// pending (merged with what came meanwhile) for the next flush.
     pub async fn flush(&self, registry: &Registry) {
         let _gate = self.gate.write().await;
-        let taken: Vec<(Uuid, Bookkeeping)> = {
-            let mut pending = self.pending.lock().expect("ledger lock");
-            pending
-                .drain()
-                .map(|(id, p)| {
-                    (
-                        id,
-                        Bookkeeping {
-                            counts: p.counts,
-                            activity: p.activity.into(),
-                        },
-                    )
-                })
-                .collect()
-        };
+        let taken = self.take();
         if taken.is_empty() {
             return;
         }
@@ -111,6 +97,23 @@ impl Ledger {
             tracing::warn!(error = %error, subscriptions = taken.len(), "Could not write delivery counters and activity; keeping them for the next try.");
             self.put_back(taken);
         }
+    }
+
+    /// Everything pending, leaving nothing behind.
+    fn take(&self) -> Vec<(Uuid, Bookkeeping)> {
+        let mut pending = self.pending.lock().expect("ledger lock");
+        pending
+            .drain()
+            .map(|(id, p)| {
+                (
+                    id,
+                    Bookkeeping {
+                        counts: p.counts,
+                        activity: p.activity.into(),
+                    },
+                )
+            })
+            .collect()
     }
 
     fn put_back(&self, taken: Vec<(Uuid, Bookkeeping)>) {
@@ -221,21 +224,7 @@ mod tests {
                 ..Counts::default()
             },
         );
-        let taken: Vec<(Uuid, Bookkeeping)> = {
-            let mut pending = ledger.pending.lock().unwrap();
-            pending
-                .drain()
-                .map(|(id, p)| {
-                    (
-                        id,
-                        Bookkeeping {
-                            counts: p.counts,
-                            activity: p.activity.into(),
-                        },
-                    )
-                })
-                .collect()
-        };
+        let taken = ledger.take();
         ledger.record(id, call(2));
         ledger.put_back(taken);
         let (counts, activity) = ledger.pending(id);

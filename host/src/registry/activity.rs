@@ -9,6 +9,11 @@ use super::{Registry, RegistryError, from_millis, now_millis};
 /// How many entries each subscription keeps; older ones are removed on insert.
 pub const ACTIVITY_RING: i64 = 50;
 
+/// Keeps a subscription's ring bounded: drops everything older than its
+/// newest `ACTIVITY_RING` entries ($1: the subscription, $2: the ring size).
+const TRIM_RING: &str = "DELETE FROM activity WHERE subscription_id = $1 AND id <= \
+     (SELECT id FROM activity WHERE subscription_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)";
+
 /// One delivery attempt as the status API shows it (secrets already masked).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ApiCall {
@@ -28,6 +33,14 @@ pub enum Activity {
 }
 
 impl Activity {
+    /// What is stored beside the event: the attempt, as JSON.
+    fn detail(&self) -> Option<String> {
+        match self {
+            Activity::ApiCall(call) => Some(serde_json::to_string(call).expect("serialises")),
+            _ => None,
+        }
+    }
+
     fn event(&self) -> &'static str {
         match self {
             Activity::Active => "active",
@@ -50,10 +63,7 @@ impl Registry {
         subscription: Uuid,
         activity: &Activity,
     ) -> Result<(), RegistryError> {
-        let detail = match activity {
-            Activity::ApiCall(call) => Some(serde_json::to_string(call).expect("serialises")),
-            _ => None,
-        };
+        let detail = activity.detail();
         let id = subscription.to_string();
         sqlx::query(
             "INSERT INTO activity (subscription_id, at, event, detail) VALUES ($1, $2, $3, $4)",
@@ -65,14 +75,11 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         // Keep the ring bounded: drop everything older than the newest ACTIVITY_RING.
-        sqlx::query(
-            "DELETE FROM activity WHERE subscription_id = $1 AND id <= \
-             (SELECT id FROM activity WHERE subscription_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
-        )
-        .bind(&id)
-        .bind(ACTIVITY_RING)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(TRIM_RING)
+            .bind(&id)
+            .bind(ACTIVITY_RING)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -212,12 +219,7 @@ impl Registry {
                 continue;
             }
             for entry in &book.activity {
-                let detail = match &entry.activity {
-                    Activity::ApiCall(call) => {
-                        Some(serde_json::to_string(call).expect("serialises"))
-                    }
-                    _ => None,
-                };
+                let detail = entry.activity.detail();
                 sqlx::query(
                     "INSERT INTO activity (subscription_id, at, event, detail) \
                      SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1)",
@@ -229,14 +231,11 @@ impl Registry {
                 .execute(&mut *tx)
                 .await?;
             }
-            sqlx::query(
-                "DELETE FROM activity WHERE subscription_id = $1 AND id <= \
-                 (SELECT id FROM activity WHERE subscription_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
-            )
-            .bind(&id)
-            .bind(ACTIVITY_RING)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(TRIM_RING)
+                .bind(&id)
+                .bind(ACTIVITY_RING)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

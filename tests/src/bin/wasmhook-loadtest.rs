@@ -7,13 +7,7 @@ use wasmhook_tests::loadtest::{self, Options};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    wasmhook_tests::child::init_logging();
     let mut args = std::env::args().skip(1);
     // The child-process mode the load test uses to run (and SIGKILL) wasmhook.
     if args.next().as_deref() == Some("wasmhook") {
