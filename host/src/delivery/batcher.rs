@@ -1,5 +1,10 @@
 //! Batching by size or interval, whichever comes first; pure.
 //!
+//! Size is counted in messages and, when the subscription caps it, in bytes
+//! of message content ([`Record::content_bytes`]): a message that would take
+//! the batch past its byte cap closes the batch and opens the next one, so a
+//! batch exceeds the cap only when one message alone does.
+//!
 //! The batcher also tracks the positions to commit: every consumed message
 //! advances its partition's position, whether it was batched or filtered out, so
 //! that filtered messages are committed with the next final outcome. The
@@ -43,7 +48,10 @@ pub struct Flush {
 pub struct Batcher {
     max_size: usize,
     max_wait: Duration,
+    max_bytes: Option<usize>,
     records: Vec<Record>,
+    /// Content bytes of `records`.
+    bytes: usize,
     positions: Positions,
     filtered: u64,
     opened_at: Option<Instant>,
@@ -54,11 +62,19 @@ impl Batcher {
         Self {
             max_size,
             max_wait,
+            max_bytes: None,
             records: Vec::with_capacity(max_size),
+            bytes: 0,
             positions: Positions::new(),
             filtered: 0,
             opened_at: None,
         }
+    }
+
+    /// Caps each batch at `max_bytes` of message content too.
+    pub fn with_max_bytes(mut self, max_bytes: Option<usize>) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     fn advance(&mut self, record: &Record, epoch: u64, now: Instant) {
@@ -79,12 +95,19 @@ impl Batcher {
         );
     }
 
-    /// Adds a message that passed the filters, fetched in ownership `epoch`;
-    /// true when the batch is full.
-    pub fn push(&mut self, record: Record, epoch: u64, now: Instant) -> bool {
+    /// Adds a message that passed the filters, fetched in ownership `epoch`.
+    /// When it would take the open batch past its byte cap, that batch is
+    /// closed first and returned, and the message opens the next one.
+    pub fn push(&mut self, record: Record, epoch: u64, now: Instant) -> Option<Flush> {
+        let size = record.content_bytes();
+        let closed = self
+            .max_bytes
+            .filter(|max| !self.records.is_empty() && self.bytes + size > *max)
+            .map(|_| self.take());
         self.advance(&record, epoch, now);
+        self.bytes += size;
         self.records.push(record);
-        self.is_full()
+        closed
     }
 
     /// Records a message the filters removed: it is committed, never sent.
@@ -94,7 +117,7 @@ impl Batcher {
     }
 
     pub fn is_full(&self) -> bool {
-        self.records.len() >= self.max_size
+        self.records.len() >= self.max_size || self.max_bytes.is_some_and(|max| self.bytes >= max)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,6 +131,7 @@ impl Batcher {
 
     pub fn take(&mut self) -> Flush {
         self.opened_at = None;
+        self.bytes = 0;
         Flush {
             records: std::mem::replace(&mut self.records, Vec::with_capacity(self.max_size)),
             positions: std::mem::take(&mut self.positions),
@@ -133,6 +157,7 @@ impl Batcher {
         let before = self.records.len();
         self.records
             .retain(|r| !(r.partition == key.1 && r.topic == key.0));
+        self.bytes = self.records.iter().map(Record::content_bytes).sum();
         // Filtered messages of that partition are not counted apart: the count
         // of filtered messages is a statistic, and they are fetched again.
         if self.positions.is_empty() {
@@ -167,13 +192,85 @@ mod tests {
     fn a_batch_is_full_at_max_size() {
         let now = Instant::now();
         let mut b = Batcher::new(2, Duration::from_secs(5));
-        assert!(!b.push(record(0, 0), 1, now));
-        assert!(b.push(record(0, 1), 1, now));
+        assert!(b.push(record(0, 0), 1, now).is_none());
+        assert!(!b.is_full());
+        assert!(b.push(record(0, 1), 1, now).is_none());
+        assert!(b.is_full());
         let flush = b.take();
         assert_eq!(flush.records.len(), 2);
         assert_eq!(flush.positions[&key(0)], Position { next: 2, epoch: 1 });
         assert!(b.deadline().is_none());
         assert!(b.is_empty());
+    }
+
+    fn sized(partition: i32, offset: i64, bytes: usize) -> Record {
+        Record {
+            value: Some(vec![b'x'; bytes]),
+            ..record(partition, offset)
+        }
+    }
+
+    #[test]
+    fn a_message_that_would_pass_the_byte_cap_closes_the_batch_and_opens_the_next() {
+        let now = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_secs(5)).with_max_bytes(Some(1000));
+        assert!(b.push(sized(0, 0, 400), 1, now).is_none());
+        assert!(b.push(sized(1, 7, 400), 1, now).is_none());
+        let closed = b.push(sized(0, 1, 400), 1, now).expect("1200 > 1000");
+        assert_eq!(
+            closed.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            [0, 7]
+        );
+        assert_eq!(
+            closed.positions[&key(0)].next,
+            1,
+            "the next batch's message is not in it"
+        );
+        let next = b.take();
+        assert_eq!(next.records.len(), 1);
+        assert_eq!(next.positions[&key(0)].next, 2);
+    }
+
+    #[test]
+    fn a_batch_reaching_its_byte_cap_exactly_is_full() {
+        let now = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_secs(5)).with_max_bytes(Some(1000));
+        b.push(sized(0, 0, 600), 1, now);
+        assert!(!b.is_full());
+        b.push(sized(0, 1, 400), 1, now);
+        assert!(b.is_full());
+    }
+
+    #[test]
+    fn a_message_larger_than_the_cap_goes_alone() {
+        let now = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_secs(5)).with_max_bytes(Some(1000));
+        b.push(sized(0, 0, 10), 1, now);
+        let closed = b
+            .push(sized(0, 1, 5000), 1, now)
+            .expect("closes the small one");
+        assert_eq!(closed.records.len(), 1);
+        assert!(b.is_full(), "the large one is a batch of its own");
+        assert_eq!(b.take().records.len(), 1);
+    }
+
+    #[test]
+    fn without_a_byte_cap_only_the_count_closes_a_batch() {
+        let now = Instant::now();
+        let mut b = Batcher::new(3, Duration::from_secs(5));
+        assert!(b.push(sized(0, 0, 10 << 20), 1, now).is_none());
+        assert!(b.push(sized(0, 1, 10 << 20), 1, now).is_none());
+        assert!(!b.is_full());
+    }
+
+    #[test]
+    fn dropping_a_partition_gives_back_its_bytes() {
+        let now = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_secs(5)).with_max_bytes(Some(1000));
+        b.push(sized(0, 0, 900), 1, now);
+        b.push(sized(1, 0, 50), 1, now);
+        b.retain_owned(|key, _| key.1 == 1);
+        assert!(b.push(sized(1, 1, 900), 1, now).is_none(), "50 + 900 fits");
     }
 
     #[tokio::test(start_paused = true)]

@@ -255,7 +255,8 @@ impl Pipeline {
         let mut batcher = Batcher::new(
             batching.max_batch_size.get(),
             batching.max_batch_interval_seconds.duration(),
-        );
+        )
+        .with_max_bytes(batching.max_batch_bytes.map(|b| b.get()));
         // The deliverer is here while idle, in the task while a batch is in flight.
         let mut idle = Some(deliverer);
         let mut in_flight: Option<InFlight> = None;
@@ -370,7 +371,10 @@ impl Pipeline {
                         continue;
                     };
                     if filters.passes(&message) {
-                        batcher.push(message, epoch, Instant::now());
+                        if let Some(closed) = batcher.push(message, epoch, Instant::now()) {
+                            // Closed by its byte cap: it goes before the open one.
+                            ready.push(closed);
+                        }
                     } else {
                         batcher.skip(&message, epoch, Instant::now());
                     }
@@ -433,11 +437,7 @@ const READY_HIGH_BYTES: usize = 16 << 20;
 impl Ready {
     fn push(&mut self, flush: Flush) {
         let messages = flush.records.len();
-        let bytes = flush
-            .records
-            .iter()
-            .map(|r| r.value.as_ref().map_or(0, Vec::len) + r.key.as_ref().map_or(0, Vec::len) + 64)
-            .sum();
+        let bytes = flush.records.iter().map(|r| r.content_bytes() + 64).sum();
         self.messages += messages;
         self.bytes += bytes;
         self.flushes.push_back((flush, messages, bytes));

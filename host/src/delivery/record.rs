@@ -46,6 +46,17 @@ impl Record {
         }
     }
 
+    /// The bytes the message carries: value, key, and header names and values
+    /// (what `max_batch_bytes` counts; the body's envelope adds to it).
+    pub fn content_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.value.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len) + headers
+    }
+
     /// The value as JSON text, when it is JSON.
     pub fn json_value(&self) -> Option<&RawValue> {
         let bytes = self.value.as_deref()?;

@@ -47,6 +47,24 @@ impl BatchInterval {
     }
 }
 
+/// Most bytes of message content (values, keys and headers) in one webhook
+/// request: 1 KiB to 64 MiB. A message larger than the cap goes alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct BatchBytes(u32);
+
+impl BatchBytes {
+    pub const MIN: i64 = 1 << 10;
+    pub const MAX: i64 = 64 << 20;
+
+    pub fn parse(value: i64) -> Result<Self, String> {
+        in_range(value, Self::MIN, Self::MAX).map(|v| Self(v as u32))
+    }
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// Retries after the first attempt: 0 (none) to 10.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
@@ -104,7 +122,14 @@ macro_rules! int_newtype_conversions {
         }
     )*};
 }
-int_newtype_conversions!(BatchSize, BatchInterval, MaxRetries, FixedDelay, RateLimit);
+int_newtype_conversions!(
+    BatchSize,
+    BatchBytes,
+    BatchInterval,
+    MaxRetries,
+    FixedDelay,
+    RateLimit
+);
 
 /// Defines a string enum of the API, with the API's spelling.
 macro_rules! wire_enum {
@@ -591,6 +616,15 @@ mod tests {
         assert_eq!(BatchSize::parse(1).unwrap().get(), 1);
         assert_eq!(BatchSize::parse(1000).unwrap().get(), 1000);
         assert!(BatchSize::parse(1001).is_err());
+    }
+
+    #[test]
+    fn batch_bytes_run_from_one_kib_to_sixty_four_mib() {
+        assert!(BatchBytes::parse(1023).is_err());
+        assert_eq!(BatchBytes::parse(1024).unwrap().get(), 1024);
+        assert_eq!(BatchBytes::parse(64 << 20).unwrap().get(), 64 << 20);
+        let error = BatchBytes::parse((64 << 20) + 1).unwrap_err();
+        assert!(error.contains("between 1024 and 67108864"), "{error}");
     }
 
     #[test]

@@ -14,9 +14,9 @@ pub use access::{
     AccessToken, TenantName, TenantRequest, TenantSpec, TopicAcl, TopicPattern, hash_matches,
 };
 pub use fields::{
-    Active, AlertChannel, BatchInterval, BatchSize, BodyFormat, EmailAddress, FixedDelay,
-    HeaderLine, JmesFilter, MASK, MaxRetries, RateLimit, RetryAlgorithm, SubscriptionName,
-    TopicName, WebhookUrl,
+    Active, AlertChannel, BatchBytes, BatchInterval, BatchSize, BodyFormat, EmailAddress,
+    FixedDelay, HeaderLine, JmesFilter, MASK, MaxRetries, RateLimit, RetryAlgorithm,
+    SubscriptionName, TopicName, WebhookUrl,
 };
 pub use plugin::{
     PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, SecretConfig,

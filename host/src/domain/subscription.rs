@@ -163,6 +163,7 @@ pub struct ConfigurationRequest {
 pub struct BatchingRequest {
     pub max_batch_size: Option<i64>,
     pub max_batch_interval_seconds: Option<i64>,
+    pub max_batch_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +252,9 @@ pub struct Configuration {
 pub struct Batching {
     pub max_batch_size: BatchSize,
     pub max_batch_interval_seconds: BatchInterval,
+    /// A cap on the message bytes per request besides the count; unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<BatchBytes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -628,6 +632,7 @@ fn parse_configuration(
     let batching = request.batching.unwrap_or(BatchingRequest {
         max_batch_size: Some(DEFAULT_BATCH_SIZE),
         max_batch_interval_seconds: Some(DEFAULT_BATCH_INTERVAL_SECONDS),
+        max_batch_bytes: None,
     });
     let size = errors.check(
         "configuration.batching.max_batch_size",
@@ -643,6 +648,16 @@ fn parse_configuration(
         ),
         BatchInterval::parse,
     );
+    let bytes = match batching.max_batch_bytes {
+        None => Some(None),
+        Some(bytes) => errors
+            .check(
+                "configuration.batching.max_batch_bytes",
+                Some(bytes),
+                BatchBytes::parse,
+            )
+            .map(Some),
+    };
 
     let retry = request.retry.unwrap_or_default();
     let max_retries = errors.check(
@@ -710,6 +725,7 @@ fn parse_configuration(
         batching: Batching {
             max_batch_size: size?,
             max_batch_interval_seconds: interval?,
+            max_batch_bytes: bytes?,
         },
         retry: RetryPolicy {
             max_retries: max_retries?,

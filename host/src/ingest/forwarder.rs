@@ -87,6 +87,8 @@ pub fn spec(
             batching: Batching {
                 max_batch_size: settings.batch_size,
                 max_batch_interval_seconds: settings.batch_interval,
+                // Seed 001 has no byte cap; one the API set is kept.
+                max_batch_bytes: kept.and_then(|c| c.batching.max_batch_bytes),
             },
             retry: RetryPolicy {
                 max_retries: MaxRetries::parse(RETRIES).expect("in range"),

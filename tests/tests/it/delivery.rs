@@ -205,6 +205,56 @@ async fn batches_flush_at_max_size_and_at_the_interval() {
     sys.app.stop().await;
 }
 
+/// A JSON value `{"n": n, "pad": "…"}` of exactly `bytes` bytes.
+fn value_of_size(n: i64, bytes: usize) -> Value {
+    let bare = json!({"n": n, "pad": ""}).to_string().len();
+    json!({"n": n, "pad": "x".repeat(bytes - bare)})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_are_capped_in_bytes_and_a_message_above_the_cap_goes_alone() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("by-bytes", 1);
+    let mut body = subscription("bytes", &sys.receiver.url, &["by-bytes"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 1000, "max_batch_interval_seconds": 300, "max_batch_bytes": 1000});
+    let (status, refused) = sys.app.post("/1/Subscription", &body).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("configuration.batching.max_batch_bytes")
+            && refused.to_string().contains("between 1024 and 67108864"),
+        "the error names the field and its range: {refused}"
+    );
+
+    body["configuration"]["batching"]["max_batch_bytes"] = json!(1024);
+    let id = sys.app.subscribe(&body).await;
+    let (_, shown) = sys.app.get(&format!("/1/Subscription/{id}")).await;
+    assert_eq!(shown["configuration"]["batching"]["max_batch_bytes"], 1024);
+
+    // Eight of 256 bytes, one of 3000, four of 256: with a 300 s interval only
+    // the byte cap can close these batches.
+    let mut messages: Vec<Value> = (0..8).map(|n| value_of_size(n, 256)).collect();
+    messages.push(value_of_size(8, 3000));
+    messages.extend((9..13).map(|n| value_of_size(n, 256)));
+    produce(&sys.producer, "by-bytes", 0, &messages).await;
+    let delivered = sys.receiver.wait_for_delivered(13, WAIT).await;
+    assert_none_missing(&delivered, "by-bytes", 1, 13);
+    let sizes: Vec<usize> = sys
+        .receiver
+        .requests()
+        .iter()
+        .map(|r| r.messages().len())
+        .collect();
+    assert_eq!(
+        sizes,
+        [4, 4, 1, 4],
+        "four of 256 B fill 1024 B; 3000 B goes alone"
+    );
+    sys.app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_delivery_is_retried_with_the_same_id_until_it_succeeds() {
     let sys = System::start(Db::Sqlite).await;
@@ -469,8 +519,11 @@ async fn a_killed_process_loses_nothing_and_repeats_at_most_the_batches_in_fligh
     let mut body = subscription("crash", &sys.receiver.url, &["crash"]);
     body["configuration"]["batching"] =
         json!({"max_batch_size": 10, "max_batch_interval_seconds": 1});
-    sys.app.subscribe(&body).await;
-    // From here on the binary delivers; the in-process application only registered.
+    // From here on the binary delivers; the in-process application only
+    // registers, inactive, so that it never joins the consumer group (see
+    // `hosts::registered` for why).
+    body["active"] = json!("no");
+    let id = sys.app.subscribe(&body).await;
     sys.app.stop().await;
     for partition in 0..3 {
         produce(&sys.producer, "crash", partition, &values(0..200)).await;
@@ -479,6 +532,11 @@ async fn a_killed_process_loses_nothing_and_repeats_at_most_the_batches_in_fligh
     let brokers = sys.broker.bootstrap_servers();
 
     let binary = BinaryApp::spawn(&sys.db.url, &brokers).await;
+    let caller = binary.caller();
+    let (_, mut spec) = caller.get(&format!("/1/Subscription/{id}")).await;
+    spec["active"] = json!("yes");
+    let (status, answer) = caller.put(&format!("/1/Subscription/{id}"), &spec).await;
+    assert!(status.is_success(), "{status} {answer}");
     sys.receiver.wait_for_delivered(150, WAIT).await;
     binary.kill().await;
     let at_kill = sys.receiver.requests().len();

@@ -1729,10 +1729,12 @@ impl BinaryApp {
             .args(extra)
             .env(
                 "RUST_LOG",
-                if logged {
-                    "info,librdkafka=warn,rdkafka=warn"
-                } else {
-                    "error"
+                // WASMHOOK_TEST_CHILD_LOG shows more of a child's log when a
+                // test is being investigated (its stderr is inherited).
+                match std::env::var("WASMHOOK_TEST_CHILD_LOG") {
+                    Ok(filter) if !logged => filter,
+                    _ if logged => "info,librdkafka=warn,rdkafka=warn".into(),
+                    _ => "error".into(),
                 },
             )
             .envs(env.iter().copied())
