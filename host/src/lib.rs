@@ -45,6 +45,7 @@ pub mod registry;
 pub mod secrets;
 pub mod signing;
 pub mod startup;
+pub mod telemetry;
 
 pub use config::Settings;
 pub use startup::Application;

@@ -41,6 +41,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        if !crate::telemetry::install() {
+            tracing::warn!(
+                "Another metrics recorder is installed in this process: /metrics has nothing to show."
+            );
+        }
         let (key, key_origin) = resolve_key(settings.secrets.key.as_ref(), &settings.database_url)
             .context("finding the secret key")?;
         let registry = Registry::open_with(&settings.database_url, key)

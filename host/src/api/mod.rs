@@ -120,6 +120,7 @@ pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) 
             get(tenants::list_tokens).post(tenants::create_own_token),
         )
         .route("/1/Token/{id}", delete(tenants::revoke_token))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -132,6 +133,25 @@ pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) 
         .layer(axum::Extension(BodyLimit(body_limit)))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Prometheus metrics, for the admin (they name every subscription).
+async fn metrics(principal: auth::Principal) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    principal.require_admin("reading metrics")?;
+    match crate::telemetry::render() {
+        Some(text) => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()),
+        None => Err(ApiError::Unavailable(
+            "metrics are not recorded: another recorder was installed in this process".into(),
+        )),
+    }
 }
 
 /// Liveness: 200 and the body `OK`.

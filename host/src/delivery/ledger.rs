@@ -53,6 +53,7 @@ impl Ledger {
         if counts == Counts::default() {
             return;
         }
+        crate::telemetry::messages(id, &counts);
         let mut pending = self.pending.lock().expect("ledger lock");
         pending.entry(id).or_default().counts += counts;
     }

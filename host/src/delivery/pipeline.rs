@@ -280,6 +280,7 @@ impl Pipeline {
                     let flush = keep_owned(flush, context);
                     let deliverer = idle.take().expect("the deliverer is idle without a batch");
                     in_flight = Some(InFlight::start(deliverer, flush, stop.child_token()));
+                    crate::telemetry::in_flight(self.id, 1);
                 }
             }
             // Fetching pauses while commits fail or while the batches waiting
@@ -300,6 +301,7 @@ impl Pipeline {
                 _ = stop.cancelled() => break,
                 done = async { (&mut in_flight.as_mut().expect("guarded").task).await }, if in_flight.is_some() => {
                     in_flight = None;
+                    crate::telemetry::in_flight(self.id, 0);
                     let (deliverer, positions) = done.map_err(|e| PipelineError::Delivery(e.to_string()))?;
                     idle = Some(deliverer);
                     if let Some(positions) = positions {
@@ -335,6 +337,9 @@ impl Pipeline {
                 // blocked, the tick commits synchronously, off the runtime, to
                 // learn at first hand whether commits go through again.
                 _ = commit_tick.tick() => {
+                    // Refreshed, so that the gauge is never idle long
+                    // enough for the exporter to drop it.
+                    crate::telemetry::in_flight(self.id, usize::from(in_flight.is_some()));
                     if commits_blocked {
                         let committing = consumer.clone();
                         let result = off_runtime(COMMIT_TIMEOUT, move || {
@@ -387,6 +392,7 @@ impl Pipeline {
             }
         }
 
+        crate::telemetry::in_flight(self.id, 0);
         // Stopping: the batch in flight gets until the grace period ends (the
         // supervisor aborts us then); if it became final, it is stored and
         // committed when the consumer closes.
@@ -665,11 +671,22 @@ impl Deliverer {
                 duration_ms = started.elapsed().as_millis() as u64,
                 "Batch sent."
             );
+            crate::telemetry::attempt(
+                self.id,
+                attempt.call.response_code,
+                matches!(attempt.outcome, Outcome::Delivered),
+                started.elapsed(),
+            );
             self.shared
                 .ledger
                 .record(self.id, Activity::ApiCall(attempt.call));
             let failure = match attempt.outcome {
                 Outcome::Delivered => {
+                    crate::telemetry::latency(
+                        self.id,
+                        ready.kept.iter().map(|r| r.timestamp),
+                        chrono::Utc::now().timestamp_millis(),
+                    );
                     if retry > 0 {
                         self.state.set(ConsumerState::Running, None);
                     }

@@ -69,10 +69,17 @@ impl Slot {
         engine: &PluginEngine,
         call: impl AsyncFnOnce(&mut PluginInstance) -> Result<T, PluginError>,
     ) -> Result<T, StageFailure> {
+        let started = std::time::Instant::now();
         let result = match self.instance(registry, engine).await {
             Ok(instance) => call(instance).await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
+        crate::telemetry::plugin_call(
+            &format!("{}@{}", self.attachment.name, self.attachment.version),
+            self.role.as_str(),
+            started.elapsed(),
+            result.is_err(),
+        );
         result.map_err(|error| self.failure(&error))
     }
 

@@ -166,6 +166,12 @@ impl StateHandle {
     /// librdkafka's statistics (which list every partition it knows of).
     pub fn record_lag(&self, statistics: &Statistics, owned: impl Fn(&PartitionKey) -> bool) {
         let lags = lags_of(statistics, owned);
+        for ((topic, partition), lag) in &lags {
+            // Unknown until the first fetch (-1): not reported.
+            if lag.lag >= 0 {
+                crate::telemetry::lag(self.subscription, topic, *partition, lag.lag);
+            }
+        }
         self.states
             .update(self.subscription, |view| view.partitions = lags);
     }

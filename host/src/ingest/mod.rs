@@ -148,12 +148,11 @@ impl Ingest {
         }
     }
 
-    /// The brokers' answer about `pending`.
+    /// The brokers' answer about `pending` (counted: the topic exists).
     async fn written(&self, topic: &str, pending: Pending) -> Result<Written, IngestError> {
-        self.producer
-            .written(pending)
-            .await
-            .map_err(|e| self.noticed(topic, e))
+        let answer = self.producer.written(pending).await;
+        crate::telemetry::ingested(topic, answer.is_ok());
+        answer.map_err(|e| self.noticed(topic, e))
     }
 
     /// Answers for `ack=none` records come later: failures are logged.

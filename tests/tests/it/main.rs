@@ -19,4 +19,5 @@ mod plugins;
 mod sandbox;
 mod secrets;
 mod ssrf;
+mod telemetry;
 mod topics;
