@@ -175,7 +175,7 @@ async fn identify_token(
     presented: &str,
     what: &str,
 ) -> Result<Principal, ApiError> {
-    let unauthorized = |m: String| ApiError::Unauthorized(m);
+    let unauthorized = ApiError::Unauthorized;
     let token = AccessToken::parse(presented)
         .map_err(|e| ApiError::Unauthorized(format!("{what} is invalid: {e}")))?;
     let stored = state.registry.find_token(token.prefix()).await?;

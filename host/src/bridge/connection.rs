@@ -273,15 +273,19 @@ impl Session {
         Ok(json!({"committed": list(&acked.commit), "unknown": list(&acked.unknown)}))
     }
 
+    async fn queue(
+        &mut self,
+        message: &Outgoing,
+    ) -> Result<rdkafka::producer::DeliveryFuture, BridgeError> {
+        self.principal.may_write(message.topic.as_str())?;
+        self.check_exists(&message.topic).await?;
+        self.bridge.producer.send(message).await
+    }
+
     /// Queues the message; its answer comes later (a failure, or the
     /// receipt when asked), from the brokers' acknowledgement.
     async fn produce(&mut self, request: &Request, message: &Outgoing) -> Option<Reply> {
-        let queued = async {
-            self.principal.may_write(message.topic.as_str())?;
-            self.check_exists(&message.topic).await?;
-            self.bridge.producer.send(message).await
-        };
-        let delivery = match queued.await {
+        let delivery = match self.queue(message).await {
             Ok(delivery) => delivery,
             Err(error) => return Some(Reply::to(request, Err(error.to_string()))),
         };

@@ -263,6 +263,7 @@ async fn run(
     let gauges = consumer.context().gauges.clone();
     let mut tracker = AckTracker::default();
     loop {
+        let mut failed = false;
         tokio::select! {
             () = stop.cancelled() => break,
             received = consumer.recv() => match received {
@@ -283,8 +284,7 @@ async fn run(
                 }
                 Err(error) => {
                     tracing::warn!(connection, error = %error, "Bridge consumer error.");
-                    // Errors repeat while the brokers are away: do not spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    failed = true;
                 }
             },
             Some(request) = requests.recv() => {
@@ -314,6 +314,10 @@ async fn run(
             &consumer,
             should_pause(gauges.paused(), waiting, outbox.limit()),
         );
+        if failed {
+            // Errors repeat while the brokers are away: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     if ack {
         // What was pushed and not acknowledged goes to the group's next member.

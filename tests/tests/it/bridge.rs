@@ -383,14 +383,7 @@ async fn two_clients_in_one_group_split_the_partitions() {
     }
     let all: BTreeSet<_> = owned.values().flatten().cloned().collect();
     assert_eq!(all.len(), 4, "the members' partitions overlap: {owned:?}");
-    let (first_ws, second_ws) = {
-        let mut ids = owned.keys().copied();
-        (ids.next().unwrap(), ids.next().unwrap())
-    };
-    // Connections are numbered in order: the first client opened first.
-    let first_partitions = owned[&first_ws].clone();
-    let second_partitions = owned[&second_ws].clone();
-
+    let owned: BTreeSet<BTreeSet<(String, i64)>> = owned.into_values().collect();
     for partition in 0..4 {
         produce(
             &sys.producer,
@@ -413,8 +406,11 @@ async fn two_clients_in_one_group_split_the_partitions() {
     };
     let to_first = first.notifications(2).await;
     let to_second = second.notifications(2).await;
-    assert_eq!(received(&to_first), first_partitions);
-    assert_eq!(received(&to_second), second_partitions);
+    // Each got the messages of the partitions one member owns, and they
+    // are not the same member's.
+    assert!(owned.contains(&received(&to_first)), "{to_first:?} {owned:?}");
+    assert!(owned.contains(&received(&to_second)), "{to_second:?} {owned:?}");
+    assert_ne!(received(&to_first), received(&to_second));
 
     first.close().await;
     second.close().await;
@@ -468,7 +464,7 @@ async fn acknowledged_mode_redelivers_what_was_not_acknowledged_after_a_disconne
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_never_reads_pauses_its_partitions_and_loses_nothing() {
     const LIMIT: usize = 10;
-    const PER_PARTITION: usize = 300;
+    const PER_PARTITION: usize = 250;
     let sys = System::start_with(Db::Sqlite, |settings| {
         settings.bridge.start_from = StartFrom::Earliest;
         settings.bridge.push_limit = wasmhook::bridge::MqLimit::parse(LIMIT).unwrap();
@@ -478,7 +474,8 @@ async fn a_client_that_never_reads_pauses_its_partitions_and_loses_nothing() {
     })
     .await;
     sys.topic("ws-flood", 4);
-    // 12 MB in all: far more than the sockets between server and client hold.
+    // 10 MB in all (2.5 MB a partition: the mock keeps 5): far more than the
+    // sockets between server and client hold.
     let filler = "x".repeat(10_000);
     for partition in 0..4 {
         let values: Vec<Value> = (0..PER_PARTITION)
