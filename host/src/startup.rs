@@ -217,7 +217,9 @@ impl Application {
         stop.cancel();
         // WebSocket connections outlive the server's own: close them, so
         // their consumers leave their groups.
-        self.bridge.shutdown(std::time::Duration::from_secs(5)).await;
+        self.bridge
+            .shutdown(std::time::Duration::from_secs(5))
+            .await;
         // Records accepted with ack=none are still queued: send them.
         self.ingest.flush(std::time::Duration::from_secs(5)).await;
         match delivery.await {

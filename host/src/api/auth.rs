@@ -204,7 +204,10 @@ mod tests {
 
     #[test]
     fn the_query_token_is_read_only_from_its_parameter() {
-        assert_eq!(query_token(Some("token=whk_abc&x=1")).as_deref(), Some("whk_abc"));
+        assert_eq!(
+            query_token(Some("token=whk_abc&x=1")).as_deref(),
+            Some("whk_abc")
+        );
         assert_eq!(query_token(Some("x=1&token=a%2Bb")).as_deref(), Some("a+b"));
         assert_eq!(query_token(Some("tokens=1")), None);
         assert_eq!(query_token(None), None);

@@ -115,11 +115,7 @@ impl Outbox {
     pub fn forget(&self, lost: &[(String, i32)]) -> usize {
         let mut queue = self.queue();
         let before = queue.len();
-        queue.retain(|n| {
-            !lost
-                .iter()
-                .any(|(t, p)| *t == n.topic && *p == n.partition)
-        });
+        queue.retain(|n| !lost.iter().any(|(t, p)| *t == n.topic && *p == n.partition));
         let forgotten = before - queue.len();
         if forgotten > 0 {
             self.drained.notify_one();

@@ -176,7 +176,9 @@ impl Session {
             self.bridge.topics.ensure(topic.as_str(), layout).await?;
             self.known_topics.insert(topic.clone());
         }
-        Ok(json!(topics.iter().map(TopicName::as_str).collect::<Vec<_>>()))
+        Ok(json!(
+            topics.iter().map(TopicName::as_str).collect::<Vec<_>>()
+        ))
     }
 
     async fn list_topics(&self) -> Result<Value, BridgeError> {

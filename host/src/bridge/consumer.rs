@@ -102,7 +102,11 @@ impl ConsumerContext for BridgeContext {
                     assignment.remove(key);
                 }
             }
-            tracing::info!(connection = self.connection, partitions = lost.len(), "Bridge partitions revoked.");
+            tracing::info!(
+                connection = self.connection,
+                partitions = lost.len(),
+                "Bridge partitions revoked."
+            );
             self.gauges
                 .revoked
                 .lock()
@@ -125,7 +129,11 @@ impl ConsumerContext for BridgeContext {
                 {
                     tracing::warn!(connection = self.connection, error = %error, "Could not pause newly assigned partitions.");
                 }
-                tracing::info!(connection = self.connection, partitions = partitions.count(), "Bridge partitions assigned.");
+                tracing::info!(
+                    connection = self.connection,
+                    partitions = partitions.count(),
+                    "Bridge partitions assigned."
+                );
                 self.gauges.rebalanced.notify_one();
             }
             Rebalance::Revoke(_) => {}
@@ -178,8 +186,8 @@ impl Subscription {
             connection,
             gauges: gauges.clone(),
         };
-        let consumer: BridgeConsumer = config(connection, kafka, settings, &group, ack)
-            .create_with_context(context)?;
+        let consumer: BridgeConsumer =
+            config(connection, kafka, settings, &group, ack).create_with_context(context)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         let (acks, requests) = mpsc::channel(16);
@@ -236,7 +244,10 @@ fn config(
         // The seed's autoCommitIntervalMs.
         .set("auto.commit.interval.ms", "500")
         // Acknowledged: only what the client acknowledged is ever stored.
-        .set("enable.auto.offset.store", if ack { "false" } else { "true" })
+        .set(
+            "enable.auto.offset.store",
+            if ack { "false" } else { "true" },
+        )
         .set("auto.offset.reset", settings.start_from.as_kafka())
         // A vanished client's partitions move on within this.
         .set("session.timeout.ms", "10000")
@@ -244,9 +255,9 @@ fn config(
         .set("partition.assignment.strategy", "cooperative-sticky")
         // The seed's fetchMaxWaitMs.
         .set("fetch.wait.max.ms", "100")
-        // What librdkafka prefetches stays small: the outbox is the buffer.
-        .set("queued.max.messages.kbytes", "1024")
-        .set("queued.min.messages", "1000")
+        // What librdkafka prefetches stays modest: the outbox is the buffer.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("queued.min.messages", "10000")
         .set("allow.auto.create.topics", "false")
         .set("topic.metadata.refresh.interval.ms", "5000");
     config

@@ -25,9 +25,7 @@ pub enum BridgeError {
         topic: String,
         code: RDKafkaErrorCode,
     },
-    #[error(
-        "the brokers did not acknowledge the message within {0:?}; it may still be written"
-    )]
+    #[error("the brokers did not acknowledge the message within {0:?}; it may still be written")]
     ProduceTimeout(Duration),
     #[error("the consumer could not be created: {0}")]
     Consumer(KafkaError),

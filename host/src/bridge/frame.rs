@@ -461,7 +461,9 @@ mod tests {
             }
         );
         assert_eq!(
-            parse(r#"{"id":23,"t":"topic","a":"list"}"#).unwrap().command,
+            parse(r#"{"id":23,"t":"topic","a":"list"}"#)
+                .unwrap()
+                .command,
             Command::ListTopics
         );
         let subscribe = parse(
@@ -533,10 +535,9 @@ mod tests {
         assert_eq!(outgoing.value, br#"{"x":1}"#);
         assert_eq!(outgoing.key.as_deref(), Some(&b"k"[..]));
         assert!(outgoing.receipt);
-        let ack = parse(
-            r#"{"id":3,"t":"notif","a":"ack","p":[{"topic":"a","partition":1,"offset":7}]}"#,
-        )
-        .unwrap();
+        let ack =
+            parse(r#"{"id":3,"t":"notif","a":"ack","p":[{"topic":"a","partition":1,"offset":7}]}"#)
+                .unwrap();
         assert_eq!(
             ack.command,
             Command::Ack(vec![Position {
@@ -589,10 +590,7 @@ mod tests {
             Reply::to(&health, Ok(json!({"consumers": []}))).frame(5),
             json!({"id":5,"refid":1500,"t":"health","s":0,"p":{"consumers":[]}})
         );
-        assert_eq!(
-            Reply::to(&health, Err("no".into())).frame(6)["s"],
-            json!(1)
-        );
+        assert_eq!(Reply::to(&health, Err("no".into())).frame(6)["s"], json!(1));
     }
 
     #[test]

@@ -268,8 +268,10 @@ impl Topics {
     /// out; in name order. Never creates one.
     pub async fn list(&self) -> Result<Vec<(String, usize)>, TopicError> {
         self.blocking("(all topics)", |inner, name| {
-            let metadata =
-                inner.metadata(inner.admin.inner().fetch_metadata(None, inner.timeout), name)?;
+            let metadata = inner.metadata(
+                inner.admin.inner().fetch_metadata(None, inner.timeout),
+                name,
+            )?;
             let mut topics: Vec<(String, usize)> = metadata
                 .topics()
                 .iter()

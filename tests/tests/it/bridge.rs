@@ -33,17 +33,19 @@ struct Client {
 }
 
 fn ws_url(app: &TestApp, query: &str) -> String {
-    format!("{}/1/ws{query}", app.address.replacen("http://", "ws://", 1))
+    format!(
+        "{}/1/ws{query}",
+        app.address.replacen("http://", "ws://", 1)
+    )
 }
 
 impl Client {
     /// Connects with `Authorization: Bearer <token>`.
     async fn connect(app: &TestApp, token: &str) -> Self {
         let mut request = ws_url(app, "").into_client_request().unwrap();
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().unwrap(),
-        );
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("the WebSocket upgrade succeeds");
@@ -258,11 +260,12 @@ async fn every_action_of_the_seed_answers_with_its_refid() {
     assert!(consumers[0]["ws"].is_u64());
 
     // notif create: no answer (the seed's), unless a receipt is asked for.
-    client.send_text(
-        json!({"id": 1, "t": "notif", "a": "create", "p": {"t": "ws-one", "m": "hello"}})
-            .to_string(),
-    )
-    .await;
+    client
+        .send_text(
+            json!({"id": 1, "t": "notif", "a": "create", "p": {"t": "ws-one", "m": "hello"}})
+                .to_string(),
+        )
+        .await;
     let receipt = client
         .request(json!({
             "t": "notif", "a": "create",
@@ -285,7 +288,10 @@ async fn every_action_of_the_seed_answers_with_its_refid() {
     assert_eq!(pushed[1]["key"], "k2");
     assert_eq!(
         (pushed[1]["partition"].clone(), pushed[1]["offset"].clone()),
-        (receipt["p"]["partition"].clone(), receipt["p"]["offset"].clone())
+        (
+            receipt["p"]["partition"].clone(),
+            receipt["p"]["offset"].clone()
+        )
     );
     // No answer was sent for the first produce.
     assert!(
@@ -308,7 +314,9 @@ async fn every_action_of_the_seed_answers_with_its_refid() {
     assert_eq!(ack["s"], 1, "{ack}");
 
     // unsubscribe: s 0, and health has no consumer left.
-    let unsubscribed = client.request(json!({"t": "topic", "a": "unsubscribe"})).await;
+    let unsubscribed = client
+        .request(json!({"t": "topic", "a": "unsubscribe"}))
+        .await;
     assert_eq!(unsubscribed["s"], 0, "{unsubscribed}");
     assert_eq!(unsubscribed["a"], "unsubscribe");
     assert_eq!(client.health().await, Vec::<Value>::new());
@@ -318,7 +326,12 @@ async fn every_action_of_the_seed_answers_with_its_refid() {
         .request(json!({"t": "notif", "a": "create", "p": {"t": "ws-nowhere", "m": "x"}}))
         .await;
     assert_eq!(missing["s"], 1, "{missing}");
-    assert!(missing["p"].as_str().unwrap().contains("no topic ws-nowhere"));
+    assert!(
+        missing["p"]
+            .as_str()
+            .unwrap()
+            .contains("no topic ws-nowhere")
+    );
     let missing = client
         .request(json!({"t": "topic", "a": "subscribe", "p": {"t": ["ws-nowhere"]}}))
         .await;
@@ -344,10 +357,19 @@ async fn a_malformed_frame_gets_an_error_and_the_connection_stays_open() {
     for (frame, words) in [
         (json!({"t": "bogus"}), "unknown type"),
         (json!({"t": "topic", "a": "explode"}), "unknown action"),
-        (json!({"t": "topic", "a": "create", "p": ["no spaces allowed"]}), "topic name"),
-        (json!({"t": "topic", "a": "subscribe", "p": {"t": []}}), "at least one"),
+        (
+            json!({"t": "topic", "a": "create", "p": ["no spaces allowed"]}),
+            "topic name",
+        ),
+        (
+            json!({"t": "topic", "a": "subscribe", "p": {"t": []}}),
+            "at least one",
+        ),
         (json!({"t": "notif", "a": "create", "p": {"t": "x"}}), "p.m"),
-        (json!({"t": "notif", "a": "ack", "p": {"topic": "x"}}), "array"),
+        (
+            json!({"t": "notif", "a": "ack", "p": {"topic": "x"}}),
+            "array",
+        ),
     ] {
         let reply = client.request(frame.clone()).await;
         assert_eq!(reply["s"], 1, "{frame} → {reply}");
@@ -408,8 +430,14 @@ async fn two_clients_in_one_group_split_the_partitions() {
     let to_second = second.notifications(2).await;
     // Each got the messages of the partitions one member owns, and they
     // are not the same member's.
-    assert!(owned.contains(&received(&to_first)), "{to_first:?} {owned:?}");
-    assert!(owned.contains(&received(&to_second)), "{to_second:?} {owned:?}");
+    assert!(
+        owned.contains(&received(&to_first)),
+        "{to_first:?} {owned:?}"
+    );
+    assert!(
+        owned.contains(&received(&to_second)),
+        "{to_second:?} {owned:?}"
+    );
     assert_ne!(received(&to_first), received(&to_second));
 
     first.close().await;
@@ -463,7 +491,10 @@ async fn acknowledged_mode_redelivers_what_was_not_acknowledged_after_a_disconne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_never_reads_pauses_its_partitions_and_loses_nothing() {
-    const LIMIT: usize = 10;
+    // Each resume costs librdkafka about a second before it fetches again
+    // (the broker thread is not woken): a limit of 100 lets the client catch
+    // up in seconds once it reads.
+    const LIMIT: usize = 100;
     const PER_PARTITION: usize = 250;
     let sys = System::start_with(Db::Sqlite, |settings| {
         settings.bridge.start_from = StartFrom::Earliest;
@@ -542,7 +573,10 @@ async fn a_connection_needs_a_token_in_the_header_or_the_query_and_a_tenant_keep
     sys.topic("ws-theirs", 1);
 
     // No token: 401 before any upgrade; a wrong one too.
-    for url in [ws_url(&sys.app, ""), ws_url(&sys.app, "?token=whk_nottherightone")] {
+    for url in [
+        ws_url(&sys.app, ""),
+        ws_url(&sys.app, "?token=whk_nottherightone"),
+    ] {
         match tokio_tungstenite::connect_async(url.as_str()).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{url}")
@@ -556,9 +590,10 @@ async fn a_connection_needs_a_token_in_the_header_or_the_query_and_a_tenant_keep
     assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
 
     // ?token= works, for browsers.
-    let (socket, _) = tokio_tungstenite::connect_async(ws_url(&sys.app, &format!("?token={ADMIN_TOKEN}")))
-        .await
-        .expect("the query token is accepted");
+    let (socket, _) =
+        tokio_tungstenite::connect_async(ws_url(&sys.app, &format!("?token={ADMIN_TOKEN}")))
+            .await
+            .expect("the query token is accepted");
     let mut admin = Client::over(socket);
     admin.subscribe(&["ws-theirs"], "admins", false).await;
 
@@ -581,12 +616,22 @@ async fn a_connection_needs_a_token_in_the_header_or_the_query_and_a_tenant_keep
         .request(json!({"t": "topic", "a": "subscribe", "p": {"t": ["ws-theirs"]}}))
         .await;
     assert_eq!(refused["s"], 1, "{refused}");
-    assert!(refused["p"].as_str().unwrap().contains("may not read topic ws-theirs"));
+    assert!(
+        refused["p"]
+            .as_str()
+            .unwrap()
+            .contains("may not read topic ws-theirs")
+    );
     let refused = acme
         .request(json!({"t": "notif", "a": "create", "p": {"t": "ws-theirs", "m": "x"}}))
         .await;
     assert_eq!(refused["s"], 1, "{refused}");
-    assert!(refused["p"].as_str().unwrap().contains("may not produce to topic ws-theirs"));
+    assert!(
+        refused["p"]
+            .as_str()
+            .unwrap()
+            .contains("may not produce to topic ws-theirs")
+    );
     let refused = acme
         .request(json!({"t": "topic", "a": "create", "p": ["ws-elsewhere"]}))
         .await;
@@ -603,9 +648,7 @@ async fn a_connection_needs_a_token_in_the_header_or_the_query_and_a_tenant_keep
     assert_eq!(allowed["s"], 0, "{allowed}");
     assert_eq!(acme.notifications(1).await[0]["p"], "ours");
     // The admin sees both connections' consumers.
-    admin
-        .health_until("both consumers", |c| c.len() == 2)
-        .await;
+    admin.health_until("both consumers", |c| c.len() == 2).await;
 
     acme.close().await;
     admin.close().await;
