@@ -156,30 +156,34 @@ impl FrameError {
     }
 }
 
-/// Parses one text frame.
-pub fn parse(text: &str) -> Result<Request, FrameError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
-        id: None,
-        t: None,
-        a: None,
-        reason: format!("the frame is not JSON: {e}"),
+/// Parses one text frame (the error boxed: it is the rarer, larger case).
+pub fn parse(text: &str) -> Result<Request, Box<FrameError>> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        Box::new(FrameError {
+            id: None,
+            t: None,
+            a: None,
+            reason: format!("the frame is not JSON: {e}"),
+        })
     })?;
     let Value::Object(mut frame) = value else {
-        return Err(FrameError {
+        return Err(Box::new(FrameError {
             id: None,
             t: None,
             a: None,
             reason: "the frame must be a JSON object {id, t, a, p}".into(),
-        });
+        }));
     };
     let id = frame.remove("id").filter(|v| !v.is_null());
     let t = frame.get("t").and_then(Value::as_str).map(str::to_string);
     let a = frame.get("a").and_then(Value::as_str).map(str::to_string);
-    let fail = |reason: String| FrameError {
-        id: id.clone(),
-        t: t.clone(),
-        a: a.clone(),
-        reason,
+    let fail = |reason: String| {
+        Box::new(FrameError {
+            id: id.clone(),
+            t: t.clone(),
+            a: a.clone(),
+            reason,
+        })
     };
     let payload = frame.remove("p").unwrap_or(Value::Null);
     let command = match (t.as_deref(), a.as_deref()) {

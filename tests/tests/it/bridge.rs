@@ -654,3 +654,50 @@ async fn a_connection_needs_a_token_in_the_header_or_the_query_and_a_tenant_keep
     admin.close().await;
     sys.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_connection_is_closed_and_one_that_answers_pings_stays_open() {
+    let sys = System::start_with(Db::Sqlite, |settings| {
+        settings.bridge.ping_interval = Duration::from_millis(200);
+        settings.bridge.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+
+    // This client reads (so tungstenite answers the server's pings) for
+    // three idle timeouts, and is still served.
+    let mut lively = Client::connect(&sys.app, ADMIN_TOKEN).await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until, lively.socket.next()).await {
+        if let Message::Ping(_) = message.expect("the connection stays open") {
+            pings += 1;
+        }
+    }
+    assert!(pings > 0, "the server never pinged");
+    assert_eq!(lively.health().await, Vec::<Value>::new());
+
+    // This one subscribes, then never reads again, so it never answers a
+    // ping: it is closed, and its consumer with it.
+    sys.topic("ws-quiet", 1);
+    let mut silent = Client::connect(&sys.app, ADMIN_TOKEN).await;
+    silent.subscribe(&["ws-quiet"], "quiet", false).await;
+    lively
+        .health_until("the silent connection's consumer", |c| c.len() == 1)
+        .await;
+    lively
+        .health_until("the silent connection closed", |c| c.is_empty())
+        .await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match silent.socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection is still open");
+
+    lively.close().await;
+    sys.app.stop().await;
+}
