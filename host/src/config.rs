@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::bridge::{ConsumerGroup, MqLimit};
 use crate::domain::{AccessToken, BatchInterval, BatchSize, TopicName, WebhookUrl};
 use crate::egress::DestinationPolicy;
 use crate::kafka::{
@@ -358,6 +359,44 @@ pub struct Cli {
     #[arg(long, env = "WEBHOOK_BATCH_INTERVAL", default_value = "10s", value_parser = parse_batch_interval, global = true)]
     pub batch_interval: BatchInterval,
 
+    /// WebSocket bridge (seed 004's consumer `mq_limit`): most notifications
+    /// a connection buffers before pushing them; when that many wait, its
+    /// partitions pause until the client reads (1 to 1000000).
+    #[arg(long, env = "WASMHOOK_WS_PUSH_LIMIT", default_value = "5000", value_parser = parse_mq_limit, global = true)]
+    pub ws_push_limit: MqLimit,
+
+    /// WebSocket bridge (seed 004's consumer `mq_interval`): how often
+    /// buffered notifications are pushed to the socket (0: at once).
+    #[arg(long, env = "WASMHOOK_WS_PUSH_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration, global = true)]
+    pub ws_push_interval: Duration,
+
+    /// WebSocket bridge (seed 004's producer `mq_limit`): most messages the
+    /// bridge's producer queues before sending (1 to 1000000).
+    #[arg(long, env = "WASMHOOK_WS_PRODUCE_LIMIT", default_value = "20000", value_parser = parse_mq_limit, global = true)]
+    pub ws_produce_limit: MqLimit,
+
+    /// WebSocket bridge (seed 004's producer `mq_interval`): how long
+    /// produced messages wait to be sent together (0: at once).
+    #[arg(long, env = "WASMHOOK_WS_PRODUCE_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration, global = true)]
+    pub ws_produce_interval: Duration,
+
+    /// WebSocket bridge: the consumer group of a subscribe frame that names none.
+    #[arg(long, env = "WASMHOOK_WS_CONSUMER_GROUP", default_value = "wasmhook-ws", value_parser = parse_consumer_group, global = true)]
+    pub ws_consumer_group: ConsumerGroup,
+
+    /// WebSocket bridge: where a group with no committed offset starts (the seed: latest).
+    #[arg(long, env = "WASMHOOK_WS_START_FROM", value_enum, default_value_t = StartFrom::Latest, global = true)]
+    pub ws_start_from: StartFrom,
+
+    /// WebSocket bridge: how often the server pings each connection.
+    #[arg(long, env = "WASMHOOK_WS_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub ws_ping_interval: Duration,
+
+    /// WebSocket bridge: a connection from which nothing (not even a pong)
+    /// arrives for this long is closed.
+    #[arg(long, env = "WASMHOOK_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub ws_idle_timeout: Duration,
+
     /// Log lines as text (coloured only on a terminal) or as JSON, one object per line.
     #[arg(long, env = "WASMHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -463,6 +502,18 @@ fn parse_batch_interval(text: &str) -> Result<BatchInterval, String> {
         return Err(format!("must be whole seconds, got {text}"));
     }
     BatchInterval::parse(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn parse_mq_limit(text: &str) -> Result<MqLimit, String> {
+    let limit = text
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| format!("must be a whole number, got {text:?}"))?;
+    MqLimit::parse(limit)
+}
+
+fn parse_consumer_group(text: &str) -> Result<ConsumerGroup, String> {
+    ConsumerGroup::parse(text.to_string())
 }
 
 fn parse_partitions(text: &str) -> Result<i32, String> {
@@ -699,6 +750,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// The door into Kafka: the records API and seed 001's /log.
     pub ingest: IngestSettings,
+    /// The WebSocket door: seed 004's protocol.
+    pub bridge: BridgeSettings,
     pub delivery: DeliverySettings,
     pub smtp: Option<SmtpSettings>,
     /// The configured admin token (its `Debug` shows only the public prefix).
@@ -715,6 +768,7 @@ impl fmt::Debug for Settings {
             .field("kafka", &self.kafka)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("ingest", &self.ingest)
+            .field("bridge", &self.bridge)
             .field("delivery", &self.delivery)
             .field("smtp", &self.smtp)
             .field("server", &self.server)
@@ -750,6 +804,43 @@ impl Default for IngestSettings {
             produce_timeout: Duration::from_secs(10),
             log_topic: TopicName::parse("log".into()).expect("a valid topic name"),
             forwarder: None,
+        }
+    }
+}
+
+/// How the WebSocket bridge buffers, keeps connections alive and joins groups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BridgeSettings {
+    /// Notifications buffered per connection; at this count its partitions pause.
+    pub push_limit: MqLimit,
+    /// How often buffered notifications are pushed (zero: at once).
+    pub push_interval: Duration,
+    /// Messages the producer queues (librdkafka's `queue.buffering.max.messages`).
+    pub produce_limit: MqLimit,
+    /// How long produced messages wait to be sent together (`linger.ms`).
+    pub produce_interval: Duration,
+    /// The group of a subscription that names none.
+    pub default_group: ConsumerGroup,
+    /// Where a group with no committed offset starts.
+    pub start_from: StartFrom,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    /// How long a produced message may wait for the brokers' acknowledgement.
+    pub produce_timeout: Duration,
+}
+
+impl Default for BridgeSettings {
+    fn default() -> Self {
+        Self {
+            push_limit: MqLimit::parse(5000).expect("a valid limit"),
+            push_interval: Duration::from_millis(50),
+            produce_limit: MqLimit::parse(20_000).expect("a valid limit"),
+            produce_interval: Duration::from_millis(200),
+            default_group: ConsumerGroup::parse("wasmhook-ws".into()).expect("a valid group"),
+            start_from: StartFrom::Latest,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            produce_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -1133,6 +1224,17 @@ impl Cli {
                         batch_size: self.batch_size,
                         batch_interval: self.batch_interval,
                     }),
+            },
+            bridge: BridgeSettings {
+                push_limit: self.ws_push_limit,
+                push_interval: self.ws_push_interval,
+                produce_limit: self.ws_produce_limit,
+                produce_interval: self.ws_produce_interval,
+                default_group: self.ws_consumer_group.clone(),
+                start_from: self.ws_start_from,
+                ping_interval: self.ws_ping_interval,
+                idle_timeout: self.ws_idle_timeout,
+                produce_timeout: self.produce_timeout,
             },
             delivery: DeliverySettings {
                 start_from: self.start_from,

@@ -13,6 +13,9 @@
 //! - [`ingest`]: the door into Kafka — `POST /1/Topic/{topic}/Records`
 //!   (seed 003) and `POST /log` (seed 001), with seed 001's forwarder as a
 //!   built-in subscription.
+//! - [`bridge`]: the WebSocket door — `GET /1/ws`, seed 004's protocol:
+//!   topics created and listed, subscriptions pushed to the socket (with
+//!   acknowledgements and back-pressure), messages produced.
 //! - [`delivery`]: one pipeline per active subscription — Kafka consumer, JMES
 //!   filters, plugins, batcher, sender with retries, dead letter, alerts — under a supervisor.
 //! - [`plugin`]: the WebAssembly plugin runtime (wasmtime): compile and validate
@@ -32,6 +35,7 @@
 //! `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod delivery;

@@ -1,5 +1,5 @@
 //! Building and running the application: registry, REST server (with the
-//! ingest routes), ingest's producer and delivery.
+//! ingest routes and the WebSocket bridge), ingest's producer and delivery.
 //!
 //! `Application::build` does everything that can fail at start-up (find the
 //! secret key, open and migrate the registry and check the key opens it, bind
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::bridge::Bridge;
 use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
 use crate::delivery::ledger::Ledger;
@@ -32,6 +33,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     ingest: Arc<Ingest>,
+    /// The WebSocket door (seed 004).
+    bridge: Arc<Bridge>,
     /// Seed 001's forwarder, when configured: what start-up says about it.
     forwarder: Option<String>,
     settings: Settings,
@@ -73,6 +76,13 @@ impl Application {
             .context("creating the Kafka admin client")?;
         let ingest = Ingest::new(&settings.kafka, topics.clone(), settings.ingest.clone())
             .context("creating the Kafka producer for ingest")?;
+        let bridge = Bridge::new(
+            &settings.kafka,
+            topics.clone(),
+            settings.delivery.dead_letter_topic,
+            settings.bridge.clone(),
+        )
+        .context("creating the Kafka producer of the WebSocket bridge")?;
         let forwarder = match &settings.ingest.forwarder {
             None => None,
             Some(forwarding) => {
@@ -129,6 +139,7 @@ impl Application {
                 readiness_timeout: settings.server.readiness_timeout,
             },
             ingest,
+            bridge,
             forwarder,
             settings,
             generated_admin_token,
@@ -193,7 +204,7 @@ impl Application {
         let router = api::router_with(
             self.state.clone(),
             self.settings.max_body_bytes,
-            self.ingest.router(),
+            self.ingest.router().merge(self.bridge.router()),
         );
         let server_stop = stop.clone();
         let server = api::server::serve(self.listener, router, self.settings.server, async move {
@@ -209,6 +220,11 @@ impl Application {
 
         let served = server.await.context("serving the REST API");
         stop.cancel();
+        // WebSocket connections outlive the server's own: close them, so
+        // their consumers leave their groups.
+        self.bridge
+            .shutdown(std::time::Duration::from_secs(5))
+            .await;
         // Records accepted with ack=none are still queued: send them.
         self.ingest.flush(std::time::Duration::from_secs(5)).await;
         match delivery.await {

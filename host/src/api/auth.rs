@@ -111,21 +111,44 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
 }
 
+/// Routes that also take the token as a `token` query parameter: browsers
+/// cannot set headers on a WebSocket. (Query strings end up in logs and
+/// histories more easily than headers, so nowhere else.)
+fn takes_query_token(path: &str) -> bool {
+    path == "/1/ws"
+}
+
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    if is_public(request.uri().path()) {
+    let path = request.uri().path();
+    if is_public(path) {
         return next.run(request).await;
     }
-    match identify(&state, request.headers().get(AUTHORIZATION)).await {
+    let header = request.headers().get(AUTHORIZATION);
+    let identified = match (header, takes_query_token(path)) {
+        (None, true) => match query_token(request.uri().query()) {
+            Some(token) => identify_token(&state, &token, "the token query parameter").await,
+            None => identify(&state, None).await,
+        },
+        (header, _) => identify(&state, header).await,
+    };
+    match identified {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(error) => error.into_response(),
     }
+}
+
+/// The `token` query parameter, if any.
+fn query_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
 }
 
 async fn identify(
@@ -143,24 +166,52 @@ async fn identify(
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?;
-    let token = AccessToken::parse(presented.trim())
-        .map_err(|e| ApiError::Unauthorized(format!("the bearer token is invalid: {e}")))?;
+    identify_token(state, presented.trim(), "the bearer token").await
+}
+
+/// Who `presented` belongs to; `what` names where it came from in errors.
+async fn identify_token(
+    state: &AppState,
+    presented: &str,
+    what: &str,
+) -> Result<Principal, ApiError> {
+    let unauthorized = ApiError::Unauthorized;
+    let token = AccessToken::parse(presented)
+        .map_err(|e| ApiError::Unauthorized(format!("{what} is invalid: {e}")))?;
     let stored = state.registry.find_token(token.prefix()).await?;
     let Some(stored) = stored.filter(|s| crate::domain::hash_matches(&token, s.hash())) else {
-        return Err(unauthorized("the bearer token is not known"));
+        return Err(unauthorized(format!("{what} is not known")));
     };
     let now = chrono::Utc::now();
     if stored.revoked_at.is_some() {
-        return Err(unauthorized("the bearer token has been revoked"));
+        return Err(unauthorized(format!("{what} has been revoked")));
     }
     if stored.expires_at.is_some_and(|at| at <= now) {
-        return Err(unauthorized("the bearer token has expired"));
+        return Err(unauthorized(format!("{what} has expired")));
     }
     match stored.tenant_id {
         None => Ok(Principal::Admin),
         Some(tenant) => match state.registry.get_tenant(tenant).await? {
             Some(tenant) => Ok(Principal::Tenant(Arc::new(tenant))),
-            None => Err(unauthorized("the bearer token's tenant no longer exists")),
+            None => Err(unauthorized(format!("{what}'s tenant no longer exists"))),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_token_is_read_only_from_its_parameter() {
+        assert_eq!(
+            query_token(Some("token=whk_abc&x=1")).as_deref(),
+            Some("whk_abc")
+        );
+        assert_eq!(query_token(Some("x=1&token=a%2Bb")).as_deref(), Some("a+b"));
+        assert_eq!(query_token(Some("tokens=1")), None);
+        assert_eq!(query_token(None), None);
+        assert!(takes_query_token("/1/ws"));
+        assert!(!takes_query_token("/1/Subscription"));
     }
 }

@@ -27,12 +27,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::json::BodyTimeout;
@@ -48,7 +48,12 @@ pub async fn serve(
 ) -> io::Result<()> {
     let router = guarded(router, limits);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Connections finish their requests, then close, once this is cancelled;
+    // each holds a clone of `open` until it has, so the loop below knows
+    // when all have. (hyper-util's GracefulShutdown cannot watch a
+    // connection that may be upgraded to a WebSocket.)
+    let closing = CancellationToken::new();
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout + limits.idle_timeout);
@@ -93,21 +98,37 @@ pub async fn serve(
             stream,
             activity: activity.clone(),
         });
-        let connection = graceful.watch(http.serve_connection(io, service));
+        // With upgrades: `GET /1/ws` hands the connection to the WebSocket
+        // bridge, which then keeps it alive and times it out itself.
+        let connection = http.serve_connection(io, service).with_upgrades();
+        let closing = closing.clone();
+        let open = open.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                served = connection => {
-                    if let Err(error) = served {
-                        tracing::debug!(%error, "Connection ended with an error.");
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => Some(served),
+                () = activity.expired() => None,
+                () = closing.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        served = connection.as_mut() => Some(served),
+                        () = activity.expired() => None,
                     }
                 }
-                () = activity.expired() => tracing::debug!("Connection timed out; closed."),
+            };
+            match served {
+                Some(Err(error)) => tracing::debug!(%error, "Connection ended with an error."),
+                Some(Ok(())) => {}
+                None => tracing::debug!("Connection timed out; closed."),
             }
             drop(permit);
+            drop(open);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    closing.cancel();
+    drop(open);
+    let _ = all_closed.recv().await;
     Ok(())
 }
 

@@ -264,6 +264,26 @@ impl Topics {
         Ok(self.look(name).await?.partitions)
     }
 
+    /// Every topic and its partition count, internal ones (`__…`) left
+    /// out; in name order. Never creates one.
+    pub async fn list(&self) -> Result<Vec<(String, usize)>, TopicError> {
+        self.blocking("(all topics)", |inner, name| {
+            let metadata = inner.metadata(
+                inner.admin.inner().fetch_metadata(None, inner.timeout),
+                name,
+            )?;
+            let mut topics: Vec<(String, usize)> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.name().starts_with("__"))
+                .map(|t| (t.name().to_string(), t.partitions().len()))
+                .collect();
+            topics.sort();
+            Ok(topics)
+        })
+        .await
+    }
+
     async fn look(&self, name: &str) -> Result<Look, TopicError> {
         self.blocking(name, |inner, name| inner.look(name)).await
     }

@@ -126,6 +126,7 @@ pub fn test_settings(database_url: &str, brokers: &str) -> Settings {
         kafka: wasmhook::kafka::KafkaConnection::new(brokers),
         max_body_bytes: 64 * 1024,
         ingest: wasmhook::config::IngestSettings::default(),
+        bridge: wasmhook::config::BridgeSettings::default(),
         delivery: DeliverySettings {
             request_timeout: Duration::from_secs(2),
             retry_base_delay: Duration::from_millis(50),

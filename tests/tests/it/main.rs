@@ -6,6 +6,7 @@
 mod access;
 mod alerting;
 mod api;
+mod bridge;
 mod delivery;
 mod fuzz;
 mod hardening;
