@@ -32,6 +32,8 @@ pub const IN_FLIGHT: &str = "wasmhook_batches_in_flight";
 pub const PLUGIN_DURATION: &str = "wasmhook_plugin_call_duration_seconds";
 pub const PLUGIN_FAILURES: &str = "wasmhook_plugin_failures_total";
 pub const INGEST_RECORDS: &str = "wasmhook_ingest_records_total";
+pub const WS_OPENED: &str = "wasmhook_ws_connections_opened_total";
+pub const WS_CLOSED: &str = "wasmhook_ws_connections_closed_total";
 
 /// Gauges are set at least every lag interval or commit check; one not set
 /// for this long describes something gone.
@@ -127,6 +129,16 @@ fn describe() {
         "Plugin calls that failed (trap, deadline, bad answer), per plugin and kind."
     );
     describe_counter!(
+        WS_OPENED,
+        Unit::Count,
+        "WebSocket bridge connections opened (open now: opened - closed)."
+    );
+    describe_counter!(
+        WS_CLOSED,
+        Unit::Count,
+        "WebSocket bridge connections closed."
+    );
+    describe_counter!(
         INGEST_RECORDS,
         Unit::Count,
         "Records produced over HTTP, per topic and outcome (written, failed)."
@@ -216,6 +228,13 @@ pub fn ingested(topic: &str, written: bool) {
     counter!(INGEST_RECORDS, "topic" => topic.to_string(), "outcome" => outcome).increment(1);
 }
 
+/// A WebSocket bridge connection opened (`true`) or closed. Counters, not a
+/// gauge: a count of open connections that does not change would be dropped
+/// as idle.
+pub fn ws_connection(opened: bool) {
+    counter!(if opened { WS_OPENED } else { WS_CLOSED }).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,7 +251,14 @@ mod tests {
 
     #[test]
     fn every_name_follows_the_prometheus_conventions() {
-        for name in [MESSAGES, ATTEMPTS, PLUGIN_FAILURES, INGEST_RECORDS] {
+        for name in [
+            MESSAGES,
+            ATTEMPTS,
+            PLUGIN_FAILURES,
+            INGEST_RECORDS,
+            WS_OPENED,
+            WS_CLOSED,
+        ] {
             assert!(
                 name.starts_with("wasmhook_") && name.ends_with("_total"),
                 "{name}"

@@ -155,11 +155,14 @@ impl Bridge {
             view: Mutex::new(None),
         });
         self.connections().insert(id, state.clone());
+        crate::telemetry::ws_connection(true);
         Some(state)
     }
 
     fn close(&self, id: u64) {
-        self.connections().remove(&id);
+        if self.connections().remove(&id).is_some() {
+            crate::telemetry::ws_connection(false);
+        }
     }
 
     /// The seed's `{"consumers": [{"ws", "topics"}]}`, with each

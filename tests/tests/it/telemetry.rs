@@ -82,12 +82,21 @@ async fn metrics_show_outcomes_attempts_latency_lag_and_ingest_per_subscription(
     assert_eq!(status, StatusCode::OK, "{written}");
     sys.receiver.wait_for_delivered(6, WAIT).await;
 
+    // One WebSocket bridge connection, opened and closed.
+    let url = format!(
+        "{}/1/ws?token={ADMIN_TOKEN}",
+        address.replacen("http", "ws", 1)
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket.close(None).await.unwrap();
+
     let subscription = [("subscription", id.as_str())];
     let outcome = |name| [("subscription", id.as_str()), ("outcome", name)];
     let text = scrape_until(&address, |text| {
         sample(text, "wasmhook_messages_total", &outcome("delivered")) == Some(6.0)
             && sample(text, "wasmhook_messages_total", &outcome("filtered")) == Some(4.0)
             && sample(text, "wasmhook_consumer_lag_messages", &subscription).is_some()
+            && sample(text, "wasmhook_ws_connections_closed_total", &[]) == Some(1.0)
     })
     .await;
 
@@ -126,6 +135,10 @@ async fn metrics_show_outcomes_attempts_latency_lag_and_ingest_per_subscription(
             &[("subscription", id.as_str()), ("le", "+Inf")]
         ) == Some(6.0),
         "{text}"
+    );
+    assert_eq!(
+        sample(&text, "wasmhook_ws_connections_opened_total", &[]),
+        Some(1.0)
     );
     assert_eq!(
         sample(&text, "wasmhook_batches_in_flight", &subscription),
