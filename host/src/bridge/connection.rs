@@ -232,6 +232,7 @@ impl Session {
                 topics: topics.clone(),
                 group: group.clone(),
                 ack: wanted.ack,
+                tenant: self.state.tenant,
             },
             self.state.outbox.clone(),
             self.stop.child_token(),

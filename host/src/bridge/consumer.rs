@@ -157,6 +157,19 @@ pub struct Wanted {
     pub topics: Vec<String>,
     pub group: ConsumerGroup,
     pub ack: bool,
+    /// The tenant asking (`None`: the admin): a tenant's groups live in a
+    /// namespace of its own.
+    pub tenant: Option<uuid::Uuid>,
+}
+
+/// The Kafka group id for `group` as `tenant` names it: the admin's as
+/// given, a tenant's prefixed with its id, so that two tenants allowed the
+/// same topic never share (or steal from) each other's group.
+pub fn kafka_group_id(tenant: Option<uuid::Uuid>, group: &ConsumerGroup) -> String {
+    match tenant {
+        None => group.as_str().to_string(),
+        Some(tenant) => format!("wasmhook-tenant-{tenant}.{}", group.as_str()),
+    }
 }
 
 /// A running subscription, as the connection holds it.
@@ -180,14 +193,25 @@ impl Subscription {
         outbox: Arc<Outbox>,
         stop: CancellationToken,
     ) -> Result<Self, KafkaError> {
-        let Wanted { topics, group, ack } = wanted;
+        let Wanted {
+            topics,
+            group,
+            ack,
+            tenant,
+        } = wanted;
         let gauges = Arc::new(Gauges::default());
         let context = BridgeContext {
             connection,
             gauges: gauges.clone(),
         };
-        let consumer: BridgeConsumer =
-            config(connection, kafka, settings, &group, ack).create_with_context(context)?;
+        let consumer: BridgeConsumer = config(
+            connection,
+            kafka,
+            settings,
+            &kafka_group_id(tenant, &group),
+            ack,
+        )
+        .create_with_context(context)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
         let (acks, requests) = mpsc::channel(16);
@@ -234,12 +258,12 @@ fn config(
     connection: u64,
     kafka: &KafkaConnection,
     settings: &BridgeSettings,
-    group: &ConsumerGroup,
+    group_id: &str,
     ack: bool,
 ) -> rdkafka::ClientConfig {
     let mut config = kafka.client_config(&format!("wasmhook-ws-{connection}"));
     config
-        .set("group.id", group.as_str())
+        .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         // The seed's autoCommitIntervalMs.
         .set("auto.commit.interval.ms", "500")
@@ -392,4 +416,24 @@ fn set_paused(connection: u64, consumer: &BridgeConsumer, paused: bool) {
         }
     }
     tracing::debug!(connection, paused, "Bridge partitions paused or resumed.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenants_group_is_namespaced_and_the_admins_is_as_given() {
+        let group = ConsumerGroup::parse("ingestion_1".into()).unwrap();
+        assert_eq!(kafka_group_id(None, &group), "ingestion_1");
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        assert_eq!(
+            kafka_group_id(Some(a), &group),
+            format!("wasmhook-tenant-{a}.ingestion_1")
+        );
+        assert_ne!(
+            kafka_group_id(Some(a), &group),
+            kafka_group_id(Some(b), &group)
+        );
+    }
 }

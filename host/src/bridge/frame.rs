@@ -17,9 +17,15 @@ use crate::domain::TopicName;
 /// Most topics one frame may name (create, subscribe).
 pub const MAX_TOPICS_PER_FRAME: usize = 1000;
 
-/// A consumer group id: 1 to 255 printable characters, no control characters.
+/// A consumer group id: 1 to 255 printable characters, no control characters,
+/// and not one of the delivery engine's (`webhooks-…`): a WebSocket member
+/// of a subscription's group would take its partitions and commit past what
+/// its webhook received.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConsumerGroup(String);
+
+/// The delivery engine's groups are `webhooks-{subscription id}`.
+const RESERVED_GROUP_PREFIX: &str = "webhooks-";
 
 impl ConsumerGroup {
     pub fn parse(value: String) -> Result<Self, String> {
@@ -31,6 +37,11 @@ impl ConsumerGroup {
         }
         if value.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
+        }
+        if value.starts_with(RESERVED_GROUP_PREFIX) {
+            return Err(format!(
+                "must not start with {RESERVED_GROUP_PREFIX} (the webhook subscriptions' groups)"
+            ));
         }
         Ok(Self(value))
     }
@@ -630,5 +641,11 @@ mod tests {
         assert!(ConsumerGroup::parse("a\nb".into()).is_err());
         assert!(ConsumerGroup::parse("x".repeat(256)).is_err());
         assert_eq!(ConsumerGroup::parse("g-1".into()).unwrap().as_str(), "g-1");
+        let reserved = ConsumerGroup::parse("webhooks-5eed0001-0000-4000-8000-000000000001".into());
+        assert!(
+            reserved
+                .unwrap_err()
+                .contains("webhook subscriptions' groups")
+        );
     }
 }
