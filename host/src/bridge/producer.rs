@@ -35,14 +35,7 @@ impl BridgeProducer {
     /// Builds the producer; nothing connects until the first message.
     pub fn new(kafka: &KafkaConnection, settings: &BridgeSettings) -> Result<Self, KafkaError> {
         let producer = kafka
-            .client_config("wasmhook-bridge")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("allow.auto.create.topics", "false")
-            .set(
-                "message.timeout.ms",
-                settings.produce_timeout.as_millis().to_string(),
-            )
+            .producer_config("wasmhook-bridge", settings.produce_timeout)
             .set(
                 "linger.ms",
                 settings.produce_interval.as_millis().to_string(),

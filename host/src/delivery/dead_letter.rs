@@ -140,14 +140,11 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn new(kafka: &KafkaConnection) -> Result<Self, KafkaError> {
+        // The topic is created with its subscription; re-creating it here
+        // would use the broker's defaults and hide that it went missing: the
+        // producer configuration never auto-creates.
         let producer = kafka
-            .client_config("wasmhook-dead-letter")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000")
-            // The topic is created with its subscription; re-creating it here
-            // would use the broker's defaults and hide that it went missing.
-            .set("allow.auto.create.topics", "false")
+            .producer_config("wasmhook-dead-letter", Duration::from_secs(30))
             // How long a missing topic is waited for before its messages
             // fail as unknown: its creation is long past.
             .set("topic.metadata.propagation.max.ms", "5000")

@@ -45,11 +45,7 @@ impl RecordProducer {
     /// Builds the producer; nothing connects until the first record.
     pub fn new(kafka: &KafkaConnection, timeout: Duration) -> Result<Self, KafkaError> {
         let producer = kafka
-            .client_config("wasmhook-ingest")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("allow.auto.create.topics", "false")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .producer_config("wasmhook-ingest", timeout)
             .set("queue.buffering.max.kbytes", "65536")
             .set("queue.buffering.max.messages", "100000")
             .create()?;

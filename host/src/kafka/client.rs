@@ -17,6 +17,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
@@ -468,6 +469,25 @@ impl KafkaConnection {
         config
     }
 
+    /// A producer's configuration as every producer here needs it: each
+    /// message acknowledged by all in-sync replicas and written once however
+    /// librdkafka retries (idempotence), no topic ever created by producing to
+    /// it (a missing topic is an error, not a topic with the brokers'
+    /// defaults), and given up after `message_timeout`. The caller adds its
+    /// queue settings.
+    pub fn producer_config(&self, client_id: &str, message_timeout: Duration) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("allow.auto.create.topics", "false")
+            .set(
+                "message.timeout.ms",
+                message_timeout.as_millis().to_string(),
+            );
+        config
+    }
+
     fn set_tls(&self, config: &mut ClientConfig) {
         match &self.tls.ca {
             Some(ca) => {
@@ -732,6 +752,22 @@ mod tests {
         assert_eq!(config.get("security.protocol"), Some("ssl"));
         assert_eq!(config.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(config.get("client.id"), Some("mine"));
+    }
+
+    #[test]
+    fn a_producer_acknowledges_by_all_replicas_whatever_the_options_say() {
+        let config = KafkaConnection::new("b")
+            .with_options(vec![
+                option("acks=1"),
+                option("allow.auto.create.topics=true"),
+            ])
+            .unwrap()
+            .producer_config("p", Duration::from_secs(7));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("allow.auto.create.topics"), Some("false"));
+        assert_eq!(config.get("message.timeout.ms"), Some("7000"));
+        assert_eq!(config.get("client.id"), Some("p"));
     }
 
     #[test]

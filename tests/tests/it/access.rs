@@ -9,33 +9,11 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_TOKEN, Caller, Db, System, TestApp, TestDb, plugin_wasm, produce, subscription,
-    test_settings,
+    ADMIN_TOKEN, Db, System, TestApp, TestDb, plugin_wasm, produce, subscription, test_settings,
 };
 use crate::on_both_databases;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A tenant created by the admin, with a token of its own.
-struct Tenant {
-    id: String,
-    token: String,
-}
-
-async fn tenant(admin: &Caller, name: &str, topics: &[&str]) -> Tenant {
-    let (status, body) = admin
-        .post("/1/Tenant", &json!({"name": name, "topics": topics}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let id = body["id"].as_str().unwrap().to_string();
-    let (status, minted) = admin
-        .post(&format!("/1/Tenant/{id}/Token"), &json!({"label": name}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{minted}");
-    let token = minted["token"].as_str().unwrap().to_string();
-    assert!(token.starts_with("whk_"), "{minted}");
-    Tenant { id, token }
-}
 
 fn assert_error(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
     assert_eq!(answer.0, status, "{}", answer.1);
@@ -100,8 +78,8 @@ async fn every_route_but_the_probes_needs_a_bearer_token(db: Db) {
 async fn tenants_see_and_change_only_their_own_subscriptions(db: Db) {
     let sys = System::start(db).await;
     let admin = sys.app.caller(Some(ADMIN_TOKEN));
-    let acme = tenant(&admin, "acme", &["payments", "acme.*"]).await;
-    let globex = tenant(&admin, "globex", &["globex.*"]).await;
+    let acme = admin.tenant("acme", &["payments", "acme.*"]).await;
+    let globex = admin.tenant("globex", &["globex.*"]).await;
     let (as_acme, as_globex) = (
         sys.app.caller(Some(&acme.token)),
         sys.app.caller(Some(&globex.token)),
@@ -244,7 +222,7 @@ async fn tokens_can_expire_and_be_revoked(db: Db) {
     let db = TestDb::create(db).await;
     let app = TestApp::spawn(test_settings(&db.url, "127.0.0.1:1")).await;
     let admin = app.caller(Some(ADMIN_TOKEN));
-    let acme = tenant(&admin, "acme", &["acme.*"]).await;
+    let acme = admin.tenant("acme", &["acme.*"]).await;
     let as_acme = app.caller(Some(&acme.token));
     assert_eq!(as_acme.get("/1/Subscription").await.0, StatusCode::OK);
 
@@ -271,7 +249,7 @@ async fn tokens_can_expire_and_be_revoked(db: Db) {
     assert_eq!(as_acme.get("/1/Subscription").await.0, StatusCode::OK);
 
     // Another tenant's token is not found; the admin's listing shows all.
-    let globex = tenant(&admin, "globex", &["globex.*"]).await;
+    let globex = admin.tenant("globex", &["globex.*"]).await;
     let second_id = second["id"].as_str().unwrap();
     let as_globex = app.caller(Some(&globex.token));
     assert_error(
@@ -339,8 +317,8 @@ on_both_databases!(
 async fn plugins_are_private_to_their_tenant_unless_the_admin_shares_them() {
     let sys = System::start(Db::Sqlite).await;
     let admin = sys.app.caller(Some(ADMIN_TOKEN));
-    let acme = tenant(&admin, "acme", &["acme.*"]).await;
-    let globex = tenant(&admin, "globex", &["globex.*"]).await;
+    let acme = admin.tenant("acme", &["acme.*"]).await;
+    let globex = admin.tenant("globex", &["globex.*"]).await;
     let (as_acme, as_globex) = (
         sys.app.caller(Some(&acme.token)),
         sys.app.caller(Some(&globex.token)),
@@ -447,7 +425,7 @@ async fn a_mandatory_policy_applies_to_every_subscription_of_the_tenant() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let acme = tenant(&admin, "acme", &["acme.*"]).await;
+    let acme = admin.tenant("acme", &["acme.*"]).await;
     let policy = json!({"name": "tenant-policy", "version": "1.0.0",
                         "config": {"tenant": "acme", "redact": "card"}});
     let (status, body) = admin

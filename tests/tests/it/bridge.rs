@@ -189,6 +189,15 @@ impl Client {
     }
 }
 
+/// Asserts that `reply` is a failure (`s` 1) whose message says `words`.
+fn assert_refused(reply: &Value, words: &str) {
+    assert_eq!(reply["s"], 1, "{reply}");
+    assert!(
+        reply["p"].as_str().is_some_and(|p| p.contains(words)),
+        "expected a failure saying {words:?}: {reply}"
+    );
+}
+
 /// The partitions a consumer of `health` owns.
 fn partitions(consumer: &Value) -> BTreeSet<(String, i64)> {
     consumer["partitions"]
@@ -304,8 +313,7 @@ async fn every_action_of_the_seed_answers_with_its_refid() {
     let again = client
         .request(json!({"t": "topic", "a": "subscribe", "p": {"t": ["ws-two"]}}))
         .await;
-    assert_eq!(again["s"], 1, "{again}");
-    assert!(again["p"].as_str().unwrap().contains("already subscribed"));
+    assert_refused(&again, "already subscribed");
 
     // Acknowledging is for acknowledged subscriptions.
     let ack = client
@@ -325,13 +333,7 @@ async fn every_action_of_the_seed_answers_with_its_refid() {
     let missing = client
         .request(json!({"t": "notif", "a": "create", "p": {"t": "ws-nowhere", "m": "x"}}))
         .await;
-    assert_eq!(missing["s"], 1, "{missing}");
-    assert!(
-        missing["p"]
-            .as_str()
-            .unwrap()
-            .contains("no topic ws-nowhere")
-    );
+    assert_refused(&missing, "no topic ws-nowhere");
     let missing = client
         .request(json!({"t": "topic", "a": "subscribe", "p": {"t": ["ws-nowhere"]}}))
         .await;
@@ -348,8 +350,7 @@ async fn a_malformed_frame_gets_an_error_and_the_connection_stays_open() {
 
     client.send_text("this is not JSON".into()).await;
     let reply = client.next_reply().await;
-    assert_eq!(reply["s"], 1, "{reply}");
-    assert!(reply["p"].as_str().unwrap().contains("not JSON"), "{reply}");
+    assert_refused(&reply, "not JSON");
 
     client.send_text("[1, 2]".into()).await;
     assert_eq!(client.next_reply().await["s"], 1);
@@ -599,39 +600,17 @@ async fn a_connection_needs_a_token_in_the_header_or_the_query_and_a_tenant_keep
 
     // A tenant allowed ws-mine only.
     let caller = sys.app.caller(Some(ADMIN_TOKEN));
-    let (status, tenant) = caller
-        .post("/1/Tenant", &json!({"name": "acme", "topics": ["ws-mine"]}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{tenant}");
-    let (status, minted) = caller
-        .post(
-            &format!("/1/Tenant/{}/Token", tenant["id"].as_str().unwrap()),
-            &json!({"label": "acme"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{minted}");
-    let mut acme = Client::connect(&sys.app, minted["token"].as_str().unwrap()).await;
+    let tenant = caller.tenant("acme", &["ws-mine"]).await;
+    let mut acme = Client::connect(&sys.app, &tenant.token).await;
 
     let refused = acme
         .request(json!({"t": "topic", "a": "subscribe", "p": {"t": ["ws-theirs"]}}))
         .await;
-    assert_eq!(refused["s"], 1, "{refused}");
-    assert!(
-        refused["p"]
-            .as_str()
-            .unwrap()
-            .contains("may not read topic ws-theirs")
-    );
+    assert_refused(&refused, "may not read topic ws-theirs");
     let refused = acme
         .request(json!({"t": "notif", "a": "create", "p": {"t": "ws-theirs", "m": "x"}}))
         .await;
-    assert_eq!(refused["s"], 1, "{refused}");
-    assert!(
-        refused["p"]
-            .as_str()
-            .unwrap()
-            .contains("may not produce to topic ws-theirs")
-    );
+    assert_refused(&refused, "may not produce to topic ws-theirs");
     let refused = acme
         .request(json!({"t": "topic", "a": "create", "p": ["ws-elsewhere"]}))
         .await;

@@ -182,14 +182,8 @@ async fn batches_flush_at_max_size_and_at_the_interval() {
     sys.app.subscribe(&by_size).await;
     produce(&sys.producer, "by-size", 0, &values(0..20)).await;
     sys.receiver.wait_for_delivered(20, WAIT).await;
-    let sizes: Vec<usize> = sys
-        .receiver
-        .requests()
-        .iter()
-        .map(|r| r.messages().len())
-        .collect();
     assert_eq!(
-        sizes,
+        sys.receiver.batch_sizes(),
         [5, 5, 5, 5],
         "a 300 s interval never fires here: size alone flushed"
     );
@@ -241,14 +235,8 @@ async fn batches_are_capped_in_bytes_and_a_message_above_the_cap_goes_alone() {
     produce(&sys.producer, "by-bytes", 0, &messages).await;
     let delivered = sys.receiver.wait_for_delivered(13, WAIT).await;
     assert_none_missing(&delivered, "by-bytes", 1, 13);
-    let sizes: Vec<usize> = sys
-        .receiver
-        .requests()
-        .iter()
-        .map(|r| r.messages().len())
-        .collect();
     assert_eq!(
-        sizes,
+        sys.receiver.batch_sizes(),
         [4, 4, 1, 4],
         "four of 256 B fill 1024 B; 3000 B goes alone"
     );
@@ -532,11 +520,7 @@ async fn a_killed_process_loses_nothing_and_repeats_at_most_the_batches_in_fligh
     let brokers = sys.broker.bootstrap_servers();
 
     let binary = BinaryApp::spawn(&sys.db.url, &brokers).await;
-    let caller = binary.caller();
-    let (_, mut spec) = caller.get(&format!("/1/Subscription/{id}")).await;
-    spec["active"] = json!("yes");
-    let (status, answer) = caller.put(&format!("/1/Subscription/{id}"), &spec).await;
-    assert!(status.is_success(), "{status} {answer}");
+    binary.caller().activate(&id).await;
     sys.receiver.wait_for_delivered(150, WAIT).await;
     binary.kill().await;
     let at_kill = sys.receiver.requests().len();

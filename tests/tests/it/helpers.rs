@@ -476,6 +476,11 @@ impl Receiver {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// How many messages each request carried, in arrival order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.requests().iter().map(|r| r.messages().len()).collect()
+    }
+
     /// Messages of the requests answered with 2xx, in arrival order.
     pub fn delivered(&self) -> Vec<Value> {
         self.requests()
@@ -1961,7 +1966,41 @@ impl TestApp {
     }
 }
 
+/// A tenant created by the admin, with a token of its own.
+pub struct Tenant {
+    pub id: String,
+    pub token: String,
+}
+
 impl Caller {
+    /// Creates tenant `name` allowed `topics` (this caller is the admin) and
+    /// mints it a token.
+    pub async fn tenant(&self, name: &str, topics: &[&str]) -> Tenant {
+        let (status, body) = self
+            .post("/1/Tenant", &json!({"name": name, "topics": topics}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let id = body["id"].as_str().unwrap().to_string();
+        let (status, minted) = self
+            .post(&format!("/1/Tenant/{id}/Token"), &json!({"label": name}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{minted}");
+        let token = minted["token"].as_str().unwrap().to_string();
+        assert!(token.starts_with("whk_"), "{minted}");
+        Tenant { id, token }
+    }
+
+    /// Turns subscription `id` on through this caller's host; every host
+    /// starts its pipeline on the notification.
+    pub async fn activate(&self, id: &str) {
+        let path = format!("/1/Subscription/{id}");
+        let (status, mut spec) = self.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{spec}");
+        spec["active"] = json!("yes");
+        let (status, body) = self.put(&path, &spec).await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+
     /// Flips the admin switch through this caller's host.
     pub async fn set_platform(&self, status: &str, message: &str) {
         let (code, body) = self

@@ -35,7 +35,8 @@ struct Cluster {
 /// Starts the system on PostgreSQL with `topic` of `partitions`, registers a
 /// subscription to it (its body adjusted by `configure`) through the
 /// in-process app and stops that app: from then on only the hosts the test
-/// starts deliver, once the test [`activate`]s it through one of them.
+/// starts deliver, once the test activates it through one of them
+/// ([`Caller::activate`]).
 /// Returns the subscription's id.
 ///
 /// It is registered inactive so that the in-process app never joins its
@@ -61,17 +62,6 @@ async fn registered(
         producer: sys.producer,
     };
     (cluster, id)
-}
-
-/// Turns the subscription on through `host`; every host starts its pipeline
-/// on the notification.
-async fn activate(host: &Caller, id: &str) {
-    let path = format!("/1/Subscription/{id}");
-    let (status, mut spec) = host.get(&path).await;
-    assert_eq!(status, 200, "{spec}");
-    spec["active"] = json!("yes");
-    let (status, body) = host.put(&path, &spec).await;
-    assert!(status.is_success(), "{status} {body}");
 }
 
 fn batches_of(size: u64) -> impl FnOnce(&mut Value) {
@@ -122,7 +112,7 @@ fn split_between_all(owned: &[Vec<i64>], partitions: i64) -> bool {
 async fn two_hosts_split_a_subscriptions_partitions_and_both_deliver() {
     let (sys, id) = registered("shared", 4, batches_of(10)).await;
     let (a, b) = (host(&sys).await, host(&sys).await);
-    activate(&a.caller(), &id).await;
+    a.caller().activate(&id).await;
     let owned = wait_for_partitions(&[&a.caller(), &b.caller()], &id, WAIT, |owned| {
         split_between_all(owned, 4)
     })
@@ -159,7 +149,7 @@ async fn a_host_killed_mid_stream_is_taken_over_with_nothing_missing_and_order_k
     let (sys, id) = registered("takeover", 4, batches_of(5)).await;
     sys.receiver.delay_answers(Some(Duration::from_millis(20)));
     let (a, b) = (host(&sys).await, host(&sys).await);
-    activate(&a.caller(), &id).await;
+    a.caller().activate(&id).await;
     wait_for_partitions(&[&a.caller(), &b.caller()], &id, WAIT, |o| {
         split_between_all(o, 4)
     })
@@ -192,7 +182,7 @@ async fn a_rolling_restart_of_two_hosts_loses_nothing() {
     let (sys, id) = registered("rolling", 4, batches_of(5)).await;
     sys.receiver.delay_answers(Some(Duration::from_millis(10)));
     let (a, b) = (host(&sys).await, host(&sys).await);
-    activate(&a.caller(), &id).await;
+    a.caller().activate(&id).await;
     wait_for_partitions(&[&a.caller(), &b.caller()], &id, WAIT, |o| {
         split_between_all(o, 4)
     })
@@ -237,7 +227,7 @@ async fn the_admin_switch_through_one_host_stops_the_other_within_two_seconds() 
     let (sys, id) = registered("switch", 2, batches_of(5)).await;
     let (a, b) = (host(&sys).await, host(&sys).await);
     let (a_caller, b_caller) = (a.caller(), b.caller());
-    activate(&a_caller, &id).await;
+    a_caller.activate(&id).await;
     wait_for_partitions(&[&a_caller, &b_caller], &id, WAIT, |o| {
         split_between_all(o, 2)
     })
@@ -305,7 +295,7 @@ async fn a_retrying_webhook_on_one_host_does_not_hold_up_the_other_hosts_share()
     sys.receiver.answer(503);
     let a = spawn(&sys).await;
     let a_caller = a.caller();
-    activate(&a_caller, &id).await;
+    a_caller.activate(&id).await;
     for partition in 0..4 {
         produce(&sys.producer, "patient", partition, &values(0..5)).await;
     }
@@ -340,7 +330,7 @@ async fn a_receiver_deduplicating_on_webhook_id_loses_nothing_across_a_crash_and
         produce(&sys.producer, "dedupe", partition, &values(0..150)).await;
     }
     let a = host(&sys).await;
-    activate(&a.caller(), &id).await;
+    a.caller().activate(&id).await;
     sys.receiver.wait_for_delivered(60, WAIT).await;
     a.kill().await;
 

@@ -365,18 +365,7 @@ async fn a_tenant_may_produce_only_to_the_topics_its_acl_allows_and_a_token_is_n
     let sys = orders_system().await;
     sys.topic("payments", 1);
     let admin = sys.app.caller(Some(crate::helpers::ADMIN_TOKEN));
-    let (status, tenant) = admin
-        .post("/1/Tenant", &json!({"name": "acme", "topics": ["orders"]}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{tenant}");
-    let (status, minted) = admin
-        .post(
-            &format!("/1/Tenant/{}/Token", tenant["id"].as_str().unwrap()),
-            &json!({"label": "acme"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{minted}");
-    let acme = authed_client(minted["token"].as_str().unwrap());
+    let acme = authed_client(&admin.tenant("acme", &["orders"]).await.token);
 
     let allowed = acme
         .post(sys.app.url("/1/Topic/orders/Records"))
