@@ -21,6 +21,7 @@ use crate::bridge::Bridge;
 use crate::config::{Settings, redact_url};
 use crate::delivery::Supervisor;
 use crate::delivery::ledger::Ledger;
+use crate::delivery::redrive::Redrives;
 use crate::delivery::state::ConsumerStates;
 use crate::domain::AccessToken;
 use crate::ingest::{Ingest, forwarder};
@@ -137,6 +138,9 @@ impl Application {
                 dead_letter_topic: settings.delivery.dead_letter_topic,
                 broker,
                 readiness_timeout: settings.server.readiness_timeout,
+                kafka: settings.kafka.clone(),
+                kafka_timeout: settings.delivery.kafka_admin_timeout,
+                redrives: Redrives::default(),
             },
             ingest,
             bridge,
@@ -191,6 +195,7 @@ impl Application {
             self.state.ledger.clone(),
         )
         .context("starting the delivery engine")?;
+        supervisor.serve_redrives(&self.state.redrives, stop.clone());
         let delivery = tokio::spawn(supervisor.run(stop.clone()));
         // Stopped after the delivery engine, so its last counts are written.
         let ledger_stop = CancellationToken::new();

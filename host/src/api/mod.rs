@@ -20,6 +20,7 @@ pub mod auth;
 pub mod error;
 pub mod json;
 mod plugins;
+mod replay;
 pub mod server;
 mod subscriptions;
 mod tenants;
@@ -64,6 +65,12 @@ pub struct AppState {
     pub broker: crate::kafka::BrokerHealth,
     /// How long each `/readyz` check may take.
     pub readiness_timeout: std::time::Duration,
+    /// How the API reaches Kafka itself (replay, redrive).
+    pub kafka: crate::kafka::KafkaConnection,
+    /// How long the API waits for each Kafka request.
+    pub kafka_timeout: std::time::Duration,
+    /// This host's dead-letter redrives.
+    pub redrives: crate::delivery::redrive::Redrives,
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
@@ -99,6 +106,11 @@ pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) 
                 .delete(subscriptions::delete),
         )
         .route("/1/Subscription/{id}/Status", get(subscriptions::status))
+        .route("/1/Subscription/{id}/Replay", post(replay::replay))
+        .route(
+            "/1/Subscription/{id}/DeadLetter/Redrive",
+            post(replay::redrive),
+        )
         .route(
             "/1/Subscription/{id}/Secret/Rotate",
             post(subscriptions::rotate_secret),

@@ -189,7 +189,7 @@ pub(super) async fn list(
 
 /// The subscription with this id if the caller may see it: another tenant's
 /// is a 404, as if it did not exist.
-async fn load(
+pub(super) async fn load(
     state: &AppState,
     principal: &Principal,
     raw_id: &str,
@@ -361,10 +361,15 @@ pub(super) async fn status(
         "counts": stored.counts,
         "dead_letter_topic": crate::delivery::dead_letter::topic_for(stored.id),
         "dead_letters": dead_letters,
+        "consumer_group": crate::delivery::consumer::group_id(stored.id, stored.consumer_generation),
         // This host's consumer, if the subscription runs here (another host
         // may hold its partitions: each answers for its own).
         "consumer": state.states.get(stored.id),
     });
+    // This host's latest redrive, if it ran one.
+    if let Some(redrive) = state.redrives.progress(stored.id) {
+        body["redrive"] = json!(redrive);
+    }
     if admin.status == PlatformStatus::Offline {
         body["offline_message"] = json!(admin.offline_message);
     }

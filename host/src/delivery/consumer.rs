@@ -206,17 +206,29 @@ impl PipelineContext {
 
 pub type PipelineConsumer = StreamConsumer<PipelineContext>;
 
-/// The consumer of subscription `id`: group `webhooks-{id}`, positions stored
-/// by the pipeline and committed by it and by auto-commit.
+/// The consumer group of subscription `id` at consumer generation
+/// `generation`: `webhooks-{id}`, then `webhooks-{id}.r{n}` after the n-th
+/// replay ([`super::replay`]).
+pub fn group_id(id: Uuid, generation: i64) -> String {
+    match generation {
+        0 => format!("webhooks-{id}"),
+        n => format!("webhooks-{id}.r{n}"),
+    }
+}
+
+/// The consumer of subscription `id` in group `group`
+/// ([`group_id`]), positions stored by the pipeline and committed by it and
+/// by auto-commit.
 pub fn create(
     id: Uuid,
+    group: &str,
     kafka: &KafkaConnection,
     settings: &DeliverySettings,
     context: PipelineContext,
 ) -> Result<PipelineConsumer, KafkaError> {
     let mut config = kafka.client_config(&format!("wasmhook-{id}"));
     config
-        .set("group.id", format!("webhooks-{id}"))
+        .set("group.id", group)
         // Only what the pipeline stored (final outcomes) is ever committed.
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")

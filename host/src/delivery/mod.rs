@@ -1,7 +1,7 @@
 //! The delivery engine: one pipeline per active subscription, under a supervisor.
 //!
 //! ```text
-//! consumer (group webhooks-{id}) ─► JMES filters ─► batcher ─► attempt:
+//! consumer (group webhooks-{id}[.r{n}]) ─► JMES filters ─► batcher ─► attempt:
 //!   [filter / policy plugins ─► serialiser (JSON or plugin)] ─► sender ─► commit
 //!        any failure (plugin or request) ─► retry schedule ─► dead letter
 //! ```
@@ -21,6 +21,9 @@
 //! - [`health`]: health transitions, recorded once across hosts, alerted on.
 //! - [`ledger`]: outcome counters and delivery attempts, kept in memory and
 //!   written to the registry once a second (not per batch).
+//! - [`replay`]: delivering again from a time or offsets, by moving to the
+//!   subscription's next consumer group.
+//! - [`redrive`]: delivering again what the dead-letter topic holds.
 //! - [`alert`]: email or signed webhook on health transitions, rate limited, off the delivery path.
 //!
 //! Semantics (docs/ARCHITECTURE.md): at-least-once; an offset is committed
@@ -40,6 +43,8 @@ pub mod ledger;
 pub mod pipeline;
 pub mod plugins;
 pub mod record;
+pub mod redrive;
+pub mod replay;
 pub mod retry;
 pub mod sender;
 pub mod state;

@@ -109,6 +109,8 @@ pub struct Pipeline {
     /// The owning tenant (`None`: the admin).
     tenant: Option<Uuid>,
     spec: SubscriptionSpec,
+    /// Its consumer group ([`consumer::group_id`]).
+    group: String,
     /// Taken by the loop when it starts.
     deliverer: Option<Deliverer>,
     shared: Arc<Shared>,
@@ -133,33 +135,13 @@ impl Drop for InFlight {
 
 impl Pipeline {
     pub fn new(stored: &StoredSubscription, shared: Arc<Shared>) -> Result<Self, PipelineError> {
-        let spec = stored.spec.clone();
-        let limiter = spec.configuration.rate_limit.map(|limit| {
-            let per_second = NonZeroU32::new(limit.max_requests_per_second.per_second())
-                .expect("a parsed rate limit is at least 1");
-            RateLimiter::direct(Quota::per_second(per_second))
-        });
         let state = shared.states.handle(stored.id);
-        let deliverer = Deliverer {
-            id: stored.id,
-            target: Target {
-                url: spec.destination.webhook.url.url().clone(),
-                headers: spec.destination.webhook.headers.clone(),
-                secret: stored.signing_secret.clone(),
-                previous_secret: stored.previous_secret.clone(),
-            },
-            health: HealthKeeper::new(stored, shared.clone()),
-            schedule: RetrySchedule::new(&spec.configuration.retry, &shared.settings),
-            limiter,
-            shared: shared.clone(),
-            plugins: None,
-            state: state.clone(),
-        };
         Ok(Self {
             id: stored.id,
             tenant: stored.tenant_id,
-            spec,
-            deliverer: Some(deliverer),
+            group: consumer::group_id(stored.id, stored.consumer_generation),
+            spec: stored.spec.clone(),
+            deliverer: Some(Deliverer::new(stored, shared.clone(), state.clone())),
             shared,
             state,
         })
@@ -177,48 +159,12 @@ impl Pipeline {
     }
 
     async fn consume(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
-        let mandatory = match self.tenant {
-            None => None,
-            Some(tenant) => {
-                self.shared
-                    .registry
-                    .get_tenant(tenant)
-                    .await
-                    .map_err(|e| PipelineError::Tenant(e.to_string()))?
-                    .ok_or_else(|| {
-                        PipelineError::Tenant(format!("tenant {tenant} no longer exists"))
-                    })?
-                    .spec
-                    .mandatory_policy
-            }
-        };
-        let mut plugins = PluginStages::new(
-            self.id,
-            &self.spec,
-            self.tenant,
-            mandatory.as_ref(),
-            &self.shared.registry,
-            &self.shared.engine,
-        );
-        // A plugin that cannot start does not stop the pipeline: its batches
-        // fail their attempts (retried, then dead-lettered), and its circuit
-        // breaker keeps it from being rebuilt for every one of them.
         let mut deliverer = self.deliverer.take().expect("a pipeline runs once");
-        for failure in plugins.warm().await {
-            tracing::warn!(subscription = %self.id, reason = %failure.reason, "Plugin could not start; its batches will fail until it does.");
-            deliverer
-                .set_health(
-                    Health::Unhealthy,
-                    Transition::Unhealthy {
-                        reason: failure.reason,
-                    },
-                )
-                .await;
-        }
-        deliverer.plugins = Some(plugins);
+        deliverer.arm(self.tenant, &self.spec).await?;
 
         let consumer = consumer::create(
             self.id,
+            &self.group,
             &self.shared.kafka,
             &self.shared.settings,
             PipelineContext::new(self.id, self.state.clone()),
@@ -550,8 +496,9 @@ impl ConsumerErrors {
 }
 
 /// Delivers batches: plugins, requests, retries, dead letters, health. It
-/// moves into the task of the batch in flight and back.
-struct Deliverer {
+/// moves into the task of the batch in flight and back (and a redrive has
+/// one of its own).
+pub(super) struct Deliverer {
     id: Uuid,
     target: Target,
     health: HealthKeeper,
@@ -563,6 +510,97 @@ struct Deliverer {
 }
 
 impl Deliverer {
+    pub(super) fn new(
+        stored: &StoredSubscription,
+        shared: Arc<Shared>,
+        state: StateHandle,
+    ) -> Self {
+        let spec = &stored.spec;
+        let limiter = spec.configuration.rate_limit.map(|limit| {
+            let per_second = NonZeroU32::new(limit.max_requests_per_second.per_second())
+                .expect("a parsed rate limit is at least 1");
+            RateLimiter::direct(Quota::per_second(per_second))
+        });
+        Self {
+            id: stored.id,
+            target: Target {
+                url: spec.destination.webhook.url.url().clone(),
+                headers: spec.destination.webhook.headers.clone(),
+                secret: stored.signing_secret.clone(),
+                previous_secret: stored.previous_secret.clone(),
+            },
+            health: HealthKeeper::new(stored, shared.clone()),
+            schedule: RetrySchedule::new(&spec.configuration.retry, &shared.settings),
+            limiter,
+            shared,
+            plugins: None,
+            state,
+        }
+    }
+
+    /// Starts the plugins: the subscription's, and its tenant's mandatory
+    /// policy (read now: nothing is delivered without it).
+    pub(super) async fn arm(
+        &mut self,
+        tenant: Option<Uuid>,
+        spec: &SubscriptionSpec,
+    ) -> Result<(), PipelineError> {
+        let mandatory = match tenant {
+            None => None,
+            Some(tenant) => {
+                self.shared
+                    .registry
+                    .get_tenant(tenant)
+                    .await
+                    .map_err(|e| PipelineError::Tenant(e.to_string()))?
+                    .ok_or_else(|| {
+                        PipelineError::Tenant(format!("tenant {tenant} no longer exists"))
+                    })?
+                    .spec
+                    .mandatory_policy
+            }
+        };
+        let mut plugins = PluginStages::new(
+            self.id,
+            spec,
+            tenant,
+            mandatory.as_ref(),
+            &self.shared.registry,
+            &self.shared.engine,
+        );
+        // A plugin that cannot start does not stop the pipeline: its batches
+        // fail their attempts (retried, then dead-lettered), and its circuit
+        // breaker keeps it from being rebuilt for every one of them.
+        for failure in plugins.warm().await {
+            tracing::warn!(subscription = %self.id, reason = %failure.reason, "Plugin could not start; its batches will fail until it does.");
+            self.set_health(
+                Health::Unhealthy,
+                Transition::Unhealthy {
+                    reason: failure.reason,
+                },
+            )
+            .await;
+        }
+        self.plugins = Some(plugins);
+        Ok(())
+    }
+
+    /// Brings `records` to a final outcome (delivered, filtered, denied or
+    /// dead-lettered) and counts it; `None` when stopped first.
+    pub(super) async fn deliver_all(
+        &mut self,
+        records: &[Record],
+        stop: &CancellationToken,
+    ) -> Option<Counts> {
+        match self.deliver(records, stop).await {
+            Ending::Final(counts) => {
+                self.shared.ledger.add_counts(self.id, counts);
+                Some(counts)
+            }
+            Ending::Abandoned => None,
+        }
+    }
+
     /// Brings a flushed batch to a final outcome; returns the positions to
     /// commit, or `None` when stopped (or revoked) first.
     async fn finish(&mut self, flush: Flush, stop: &CancellationToken) -> Option<Positions> {

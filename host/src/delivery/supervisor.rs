@@ -95,6 +95,11 @@ impl Supervisor {
         })
     }
 
+    /// Lets `redrives` deliver with this engine's parts until `stop`.
+    pub fn serve_redrives(&self, redrives: &super::redrive::Redrives, stop: CancellationToken) {
+        redrives.attach(self.shared.clone(), stop);
+    }
+
     pub async fn run(mut self, stop: CancellationToken) {
         let interval = self.shared.settings.reconcile_interval;
         self.shared

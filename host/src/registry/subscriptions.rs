@@ -50,6 +50,9 @@ pub struct StoredSubscription {
     pub updated_at: chrono::DateTime<chrono::Utc>,
     /// Increases on every replace; the delivery engine restarts a pipeline when it moves.
     pub revision: i64,
+    /// Moves on every replay: the consumer group is
+    /// [`consumer_group`](crate::kafka::consumer_group) of the id and this.
+    pub consumer_generation: i64,
     pub counts: Counts,
 }
 
@@ -74,7 +77,7 @@ impl std::ops::AddAssign for Counts {
 
 const COLUMNS: &str = "id, tenant_id, spec, signing_secret, health, status_reason, status_changed_at, created_at, \
      updated_at, revision, delivered_messages, filtered_messages, dead_lettered_messages, \
-     denied_messages, previous_signing_secret, previous_secret_expires_at";
+     denied_messages, previous_signing_secret, previous_secret_expires_at, consumer_generation";
 
 const SIGNING_SECRET: &str = "signing_secret";
 const PREVIOUS_SIGNING_SECRET: &str = "previous_signing_secret";
@@ -197,6 +200,7 @@ fn decode(registry: &Registry, row: &AnyRow) -> Result<(StoredSubscription, bool
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),
         revision: row.try_get("revision")?,
+        consumer_generation: row.try_get("consumer_generation")?,
         counts: Counts {
             delivered: row.try_get("delivered_messages")?,
             filtered: row.try_get("filtered_messages")?,
@@ -244,6 +248,7 @@ impl Registry {
             created_at: from_millis(now),
             updated_at: from_millis(now),
             revision: 1,
+            consumer_generation: 0,
             counts: Counts::default(),
         })
     }
@@ -368,6 +373,37 @@ impl Registry {
             }),
             updated_at: from_millis(now),
             revision: current.revision + 1,
+            ..current.clone()
+        })
+    }
+
+    /// Moves `current` to its next consumer generation (if nobody changed it
+    /// since it was read): a replay, whose positions were committed to that
+    /// generation's group beforehand. The revision moves too, so every host
+    /// restarts its pipeline, in the new group.
+    pub async fn advance_consumer_generation(
+        &self,
+        current: &StoredSubscription,
+    ) -> Result<StoredSubscription, RegistryError> {
+        let now = now_millis();
+        let done = sqlx::query(
+            "UPDATE subscriptions SET consumer_generation = consumer_generation + 1, \
+             updated_at = $1, revision = revision + 1 \
+             WHERE id = $2 AND revision = $3 AND consumer_generation = $4",
+        )
+        .bind(now)
+        .bind(current.id.to_string())
+        .bind(current.revision)
+        .bind(current.consumer_generation)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::Conflict);
+        }
+        Ok(StoredSubscription {
+            updated_at: from_millis(now),
+            revision: current.revision + 1,
+            consumer_generation: current.consumer_generation + 1,
             ..current.clone()
         })
     }

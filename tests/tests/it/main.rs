@@ -17,6 +17,7 @@ mod kafka_connection;
 mod log_forwarder;
 mod plugin_runtime;
 mod plugins;
+mod replay;
 mod sandbox;
 mod secrets;
 mod ssrf;
