@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::pipeline::{Deliverer, Shared};
 use super::record::Record;
+use super::replay::known;
 use super::state::ConsumerStates;
 use crate::kafka::KafkaConnection;
 use crate::registry::StoredSubscription;
@@ -179,13 +180,9 @@ pub async fn plan(
         let partitions: Vec<_> = marks
             .into_iter()
             .map(|(partition, low, high)| {
-                let done =
-                    committed
-                        .find_partition(&topic, partition)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        });
+                let done = committed
+                    .find_partition(&topic, partition)
+                    .and_then(|e| known(e.offset()));
                 (partition, low, high, done)
             })
             .collect();
@@ -350,11 +347,14 @@ async fn run(
     let mut batch: Vec<Record> = Vec::new();
     let mut next: HashMap<i32, i64> = HashMap::new();
     let mut idle_since = tokio::time::Instant::now();
+    // Set when nothing came for LINGER: the batch in hand goes out as it is.
+    let mut lingered = false;
     let finished = loop {
         let all_read = ends
             .iter()
             .all(|(p, end)| next.get(p).copied().unwrap_or(i64::MIN) >= *end);
-        if batch.len() >= batch_size || (all_read && !batch.is_empty()) {
+        if !batch.is_empty() && (batch.len() >= batch_size || all_read || lingered) {
+            lingered = false;
             let records = std::mem::take(&mut batch);
             if !deliver(
                 &mut deliverer,
@@ -382,21 +382,7 @@ async fn run(
         let message = match received {
             // Nothing for a while: send what there is.
             Err(_) if !batch.is_empty() => {
-                let records = std::mem::take(&mut batch);
-                if !deliver(
-                    &mut deliverer,
-                    &consumer,
-                    plan,
-                    &next,
-                    records,
-                    stop,
-                    redrives,
-                    stored.id,
-                )
-                .await?
-                {
-                    break false;
-                }
+                lingered = true;
                 continue;
             }
             // The last offsets below the end may be unreadable (transaction

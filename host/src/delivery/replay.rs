@@ -282,19 +282,21 @@ fn read_partitions(
     for state in &mut states {
         state.committed = committed
             .find_partition(&state.topic, state.partition)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
+            .and_then(|e| known(e.offset()));
         state.at_time = at_time
             .as_ref()
             .and_then(|list| list.find_partition(&state.topic, state.partition))
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
+            .and_then(|e| known(e.offset()));
     }
     Ok(states)
+}
+
+/// An offset Kafka reported as a position (not "none", "end" and the like).
+pub(super) fn known(offset: Offset) -> Option<i64> {
+    match offset {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
