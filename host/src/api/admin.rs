@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Principal;
 use super::json::ApiJson;
+use super::openapi::{AdminOverview, ErrorAnswer};
 use super::subscriptions::shown_status;
 use crate::api::ApiError;
 use crate::domain::{FieldError, ValidationErrors};
@@ -15,10 +16,12 @@ use crate::registry::{Activity, PlatformStatus};
 
 const MAX_OFFLINE_MESSAGE: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminRequest {
+    /// `online` or `offline`.
     status: Option<String>,
+    /// Shown while offline; at most 1000 characters.
     offline_message: Option<String>,
 }
 
@@ -63,6 +66,16 @@ fn parse(request: AdminRequest) -> Result<(PlatformStatus, String), ValidationEr
 }
 
 /// Anyone may read the switch; a tenant sees only its own webhooks in it.
+#[utoipa::path(
+    get,
+    path = "/1/EventNotificationAdmin",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The platform's status and the caller's webhooks", body = AdminOverview),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -70,6 +83,22 @@ pub(super) async fn get(
     overview(&state, &principal).await.map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/1/EventNotificationAdmin",
+    tag = "admin",
+    request_body = AdminRequest,
+    responses(
+        (status = 200, description = "Switched; the overview after it", body = AdminOverview),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 403, description = "Not the admin", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn set(
     State(state): State<AppState>,
     principal: Principal,

@@ -1,7 +1,7 @@
 //! Authentication and the caller's identity.
 //!
-//! [`authenticate`] is a middleware on every route but `/healthz` and
-//! `/readyz`: it reads `Authorization: Bearer whk_…`, finds the token by its
+//! [`authenticate`] is a middleware on every route but `/healthz`,
+//! `/readyz`, `/openapi.json` and `/docs`: it reads `Authorization: Bearer whk_…`, finds the token by its
 //! public prefix, compares hashes in constant time and checks expiry and
 //! revocation. A missing or invalid token is a 401; the handlers then see a
 //! [`Principal`] (the admin, or a tenant with its topic ACL) and answer 403
@@ -106,9 +106,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// Routes anyone may call: probes of load balancers and orchestrators.
+/// Routes anyone may call: probes of load balancers and orchestrators, and
+/// the API's document and its Swagger UI (they hold no data).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
 }
 
 /// Routes that also take the token as a `token` query parameter: browsers

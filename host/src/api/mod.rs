@@ -7,9 +7,11 @@
 //! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete),
 //! `/1/Tenant` (create, list), `/1/Tenant/{id}` (get, replace, delete),
 //! `/1/Tenant/{id}/Token` (mint), `/1/Token` (mint own, list),
-//! `/1/Token/{id}` (revoke), and the unauthenticated `/healthz` and `/readyz`.
-//! Other doors' routes (ingest's `/1/Topic/{topic}/Records` and `/log`) are
-//! merged in by [`router_with`], behind the same authentication.
+//! `/1/Token/{id}` (revoke), `/metrics`, and the unauthenticated `/healthz`,
+//! `/readyz`, `/openapi.json` (the OpenAPI document, [`openapi`]) and `/docs`.
+//! Other doors' routes (ingest's `/1/Topic/{topic}/Records` and `/log`, the
+//! bridge's `/1/ws`) are merged in by [`router_with`], behind the same
+//! authentication.
 //! Every other route needs a bearer token ([`auth`]). Handlers parse into
 //! domain types, talk to the registry and poke the delivery supervisor; they
 //! hold no delivery logic. List routes page with `limit` and `cursor`; the
@@ -19,6 +21,7 @@ mod admin;
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod openapi;
 mod plugins;
 mod replay;
 pub mod server;
@@ -30,8 +33,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::routing::{delete, get, post};
 use tokio::sync::Notify;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::plugin::PluginEngine;
 use crate::registry::{Listing, Page, Registry};
@@ -74,67 +79,29 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {
-    router_with(state, body_limit, Router::new())
+    router_with(state, body_limit, OpenApiRouter::default())
 }
 
 /// The API with the routes of other doors (`doors`, e.g. ingest's) merged in
 /// before the authentication and the limits, so they are guarded alike. A
-/// door reads its own body with its own limits.
-pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) -> Router {
-    // Components are megabytes: uploads get their own, larger limit. These
-    // layers sit inside the general ones below, so they win for this route.
-    let upload_limit = state.max_plugin_bytes;
-    let uploads = Router::new()
-        .route("/1/Plugin", get(plugins::list).post(plugins::upload))
-        .layer(DefaultBodyLimit::max(upload_limit))
-        .layer(axum::Extension(BodyLimit(upload_limit)));
-    Router::new()
-        .merge(uploads)
+/// door reads its own body with its own limits. Every route, the doors'
+/// included, comes with its entry in the OpenAPI document, served at
+/// `/openapi.json` and shown at `/docs`.
+pub fn router_with(
+    state: AppState,
+    body_limit: usize,
+    doors: OpenApiRouter<AppState>,
+) -> Router {
+    let (routes, document) = api_routes(state.max_plugin_bytes)
         .merge(doors)
-        .route(
-            "/1/Plugin/{name}/{version}",
-            get(plugins::get).delete(plugins::delete),
-        )
-        .route(
-            "/1/Subscription",
-            get(subscriptions::list).post(subscriptions::create),
-        )
-        .route(
-            "/1/Subscription/{id}",
-            get(subscriptions::get)
-                .put(subscriptions::replace)
-                .delete(subscriptions::delete),
-        )
-        .route("/1/Subscription/{id}/Status", get(subscriptions::status))
-        .route("/1/Subscription/{id}/Replay", post(replay::replay))
-        .route(
-            "/1/Subscription/{id}/DeadLetter/Redrive",
-            post(replay::redrive),
-        )
-        .route(
-            "/1/Subscription/{id}/Secret/Rotate",
-            post(subscriptions::rotate_secret),
-        )
-        .route(
-            "/1/EventNotificationAdmin",
-            get(admin::get).post(admin::set),
-        )
-        .route("/1/Tenant", get(tenants::list).post(tenants::create))
-        .route(
-            "/1/Tenant/{id}",
-            get(tenants::get)
-                .put(tenants::replace)
-                .delete(tenants::delete),
-        )
-        .route("/1/Tenant/{id}/Token", post(tenants::create_tenant_token))
-        .route(
-            "/1/Token",
-            get(tenants::list_tokens).post(tenants::create_own_token),
-        )
-        .route("/1/Token/{id}", delete(tenants::revoke_token))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .split_for_parts();
+    // Swagger UI's files are built into the binary; its validator (an
+    // external service) is off, so the page works offline.
+    let docs = SwaggerUi::new("/docs")
+        .url("/openapi.json", document)
+        .config(Config::new(["/openapi.json"]).validator_url("none"));
+    routes
+        .merge(docs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -147,7 +114,54 @@ pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) 
         .with_state(state)
 }
 
+/// The API's own routes, each registered with its handler's
+/// `#[utoipa::path]`, so that no route is served without its entry in the
+/// document (a test scans the sources for routes added another way).
+fn api_routes(upload_limit: usize) -> OpenApiRouter<AppState> {
+    // Components are megabytes: uploads get their own, larger limit. These
+    // layers sit inside the general ones, so they win for this route.
+    let uploads = OpenApiRouter::default()
+        .routes(routes!(plugins::list, plugins::upload))
+        .layer(DefaultBodyLimit::max(upload_limit))
+        .layer(axum::Extension(BodyLimit(upload_limit)));
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(uploads)
+        .routes(routes!(plugins::get, plugins::delete))
+        .routes(routes!(subscriptions::list, subscriptions::create))
+        .routes(routes!(
+            subscriptions::get,
+            subscriptions::replace,
+            subscriptions::delete
+        ))
+        .routes(routes!(subscriptions::status))
+        .routes(routes!(replay::replay))
+        .routes(routes!(replay::redrive))
+        .routes(routes!(subscriptions::rotate_secret))
+        .routes(routes!(admin::get, admin::set))
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::get, tenants::replace, tenants::delete))
+        .routes(routes!(tenants::create_tenant_token))
+        .routes(routes!(tenants::list_tokens, tenants::create_own_token))
+        .routes(routes!(tenants::revoke_token))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
 /// Prometheus metrics, for the admin (they name every subscription).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The Prometheus text format", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "No usable bearer token", body = openapi::ErrorAnswer),
+        (status = 403, description = "Not the admin", body = openapi::ErrorAnswer),
+        (status = 503, description = "Another recorder was installed in this process", body = openapi::ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 async fn metrics(principal: auth::Principal) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     principal.require_admin("reading metrics")?;
@@ -167,6 +181,12 @@ async fn metrics(principal: auth::Principal) -> Result<axum::response::Response,
 }
 
 /// Liveness: 200 and the body `OK`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain; charset=utf-8"))
+)]
 async fn healthz() -> &'static str {
     "OK"
 }
@@ -174,6 +194,15 @@ async fn healthz() -> &'static str {
 /// Readiness: the registry and the brokers, checked at once, each within
 /// the readiness timeout. 200 `{"registry": "ok", "broker": "ok"}`, else 503
 /// with what is down and why (`"unreachable: …"`).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The registry and the brokers answer", body = openapi::Readiness),
+        (status = 503, description = "What does not answer, and why", body = openapi::Readiness),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_json::Value>) {
     let timeout = state.readiness_timeout;
     let registry = async {
@@ -212,9 +241,13 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde_
 }
 
 /// `limit` and `cursor` of a list route.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Items per page, from 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
+    /// Where the page starts: taken from the previous page's `link` header.
     cursor: Option<String>,
 }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Principal;
+use super::openapi::{ErrorAnswer, Plugin, PluginUpload};
 use super::json::{BodyLimit, MediaType, body_timeout, read_body, sent_type, unsupported};
 use super::{AppState, ListQuery, paged};
 use crate::api::ApiError;
@@ -47,13 +48,23 @@ fn plugin_body(plugin: &StoredPlugin, host: &HostLimits) -> Value {
 }
 
 /// The query of a raw-body upload.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UploadQuery {
+    /// With `application/wasm`: the plugin's name.
     name: Option<String>,
+    /// With `application/wasm`: its version.
     version: Option<String>,
+    /// With `application/wasm`: `filter`, `policy` or `serialiser`.
     role: Option<String>,
+    /// With `application/wasm`: its memory limit (else the host's).
+    #[param(value_type = Option<u64>)]
     memory_bytes: Option<String>,
+    /// With `application/wasm`: its CPU deadline (else the host's).
+    #[param(value_type = Option<u64>)]
     cpu_deadline_ms: Option<String>,
+    /// With `application/wasm`: its wall-clock deadline (else the host's).
+    #[param(value_type = Option<u64>)]
     wall_deadline_ms: Option<String>,
 }
 
@@ -145,6 +156,30 @@ async fn read_multipart(request: Request, state: &AppState) -> Result<Upload, Ap
     Ok(upload)
 }
 
+#[utoipa::path(
+    post,
+    path = "/1/Plugin",
+    tag = "plugins",
+    params(UploadQuery),
+    request_body(
+        description = "The form, or the component's bytes with the fields in the query",
+        content(
+            (PluginUpload = "multipart/form-data"),
+            (String = "application/wasm"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Compiled, checked against its role's world and stored", body = Plugin),
+        (status = 400, description = "Invalid fields, or not a usable plugin (`code` says why:             `not_a_component`, `wrong_world`, `forbidden_import`, `compile_timeout`)", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 409, description = "This name and version exist already", body = ErrorAnswer),
+        (status = 413, description = "The component is over the upload limit", body = ErrorAnswer),
+        (status = 415, description = "Neither multipart/form-data nor application/wasm", body = ErrorAnswer),
+        (status = 503, description = "The compiler is busy", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn upload(
     State(state): State<AppState>,
     principal: Principal,
@@ -294,6 +329,19 @@ fn rejected(role: PluginRole, error: PluginError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Plugin",
+    tag = "plugins",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the plugins the caller sees", body = Vec<Plugin>,
+            headers(("link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+        (status = 400, description = "A bad `limit` or `cursor`", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -312,8 +360,11 @@ pub(super) async fn list(
 
 /// `?tenant=ID`: the admin addressing a tenant's private plugin (without it,
 /// the shared one).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct OwnerQuery {
+    /// The admin only: the tenant whose private plugin is meant.
+    #[param(value_type = Option<uuid::Uuid>)]
     tenant: Option<String>,
 }
 
@@ -350,6 +401,22 @@ async fn find(
     found.ok_or_else(|| not_found(name, version))
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Plugin/{name}/{version}",
+    tag = "plugins",
+    params(
+        ("name" = String, Path, description = "The plugin's name"),
+        ("version" = String, Path, description = "Its version"),
+        OwnerQuery,
+    ),
+    responses(
+        (status = 200, description = "The plugin", body = Plugin),
+        (status = 404, description = "No such plugin that the caller sees", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -424,6 +491,24 @@ async fn users_of(state: &AppState, plugin: &StoredPlugin) -> Result<Vec<String>
     Ok(users)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/1/Plugin/{name}/{version}",
+    tag = "plugins",
+    params(
+        ("name" = String, Path, description = "The plugin's name"),
+        ("version" = String, Path, description = "Its version"),
+        OwnerQuery,
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "A shared plugin, and not the admin", body = ErrorAnswer),
+        (status = 404, description = "No such plugin that the caller sees", body = ErrorAnswer),
+        (status = 409, description = "Still attached to a subscription or a tenant", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     principal: Principal,

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::auth::Principal;
 use super::json::ApiJson;
+use super::openapi::{ErrorAnswer, Redriven, Replayed};
 use super::subscriptions::load;
 use super::{ApiError, AppState};
 use crate::delivery::consumer::group_id;
@@ -23,10 +24,13 @@ use crate::delivery::replay::{self, PartitionOffset, ReplayError, ReplayFrom};
 use crate::registry::PlatformStatus;
 
 /// `{"from": "<RFC 3339 time>"}` or `{"offsets": [{"topic", "partition", "offset"}]}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
+    /// Replay from this time (RFC 3339), never past the committed position.
+    #[schema(format = DateTime)]
     from: Option<String>,
+    /// Or from these positions.
     offsets: Option<Vec<PartitionOffset>>,
 }
 
@@ -55,6 +59,25 @@ impl ReplayRequest {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/1/Subscription/{id}/Replay",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    request_body = ReplayRequest,
+    responses(
+        (status = 202, description = "Moved to the next consumer group, positioned as asked", body = Replayed),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 404, description = "No such subscription (or another tenant's)", body = ErrorAnswer),
+        (status = 409, description = "A subscribed topic does not exist, or the subscription changed meanwhile", body = ErrorAnswer),
+        (status = 503, description = "The brokers do not answer", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn replay(
     State(state): State<AppState>,
     principal: Principal,
@@ -101,6 +124,20 @@ pub(super) async fn replay(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/1/Subscription/{id}/DeadLetter/Redrive",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    responses(
+        (status = 202, description = "Delivering the dead-letter topic again; the status shows how it goes", body = Redriven),
+        (status = 404, description = "No such subscription (or another tenant's)", body = ErrorAnswer),
+        (status = 409, description = "The platform is offline, the topic is missing, or a redrive runs", body = ErrorAnswer),
+        (status = 503, description = "The brokers do not answer, or delivery has not started", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn redrive(
     State(state): State<AppState>,
     principal: Principal,

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::auth::Principal;
 use super::json::ApiJson;
+use super::openapi::{ErrorAnswer, RotatedSecret, Subscription, SubscriptionStatus};
 use super::{AppState, ListQuery, paged, parse_id};
 use crate::api::ApiError;
 use crate::domain::{
@@ -35,6 +36,24 @@ pub(super) fn subscription_body(stored: &StoredSubscription) -> Value {
     Value::Object(body)
 }
 
+#[utoipa::path(
+    post,
+    path = "/1/Subscription",
+    tag = "subscriptions",
+    request_body = SubscriptionRequest,
+    responses(
+        (status = 201, description = "Registered; `signing_secret` is shown this once", body = Subscription),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 403, description = "A topic the tenant may not read", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 502, description = "The brokers refused the dead-letter topic", body = ErrorAnswer),
+        (status = 503, description = "The brokers do not answer, or a plugin's compiler is busy", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -174,6 +193,19 @@ pub(super) fn attachment_failure(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Subscription",
+    tag = "subscriptions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the caller's subscriptions", body = Vec<Subscription>,
+            headers(("link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+        (status = 400, description = "A bad `limit` or `cursor`", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -203,6 +235,18 @@ pub(super) async fn load(
         .ok_or_else(|| ApiError::NotFound(format!("no subscription with id {id}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Subscription/{id}",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    responses(
+        (status = 200, description = "The subscription, secrets masked", body = Subscription),
+        (status = 404, description = "No such subscription (or another tenant's)", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -213,6 +257,27 @@ pub(super) async fn get(
     )))
 }
 
+#[utoipa::path(
+    put,
+    path = "/1/Subscription/{id}",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    request_body(content = SubscriptionRequest, description = "The whole subscription; a masked value keeps the stored secret"),
+    responses(
+        (status = 200, description = "Replaced", body = Subscription),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 403, description = "A topic the tenant may not read", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 502, description = "The brokers refused the dead-letter topic", body = ErrorAnswer),
+        (status = 503, description = "The brokers do not answer, or a plugin's compiler is busy", body = ErrorAnswer),
+        (status = 404, description = "No such subscription (or another tenant's)", body = ErrorAnswer),
+        (status = 409, description = "Changed meanwhile", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn replace(
     State(state): State<AppState>,
     principal: Principal,
@@ -257,6 +322,18 @@ pub(super) async fn replace(
     Ok(Json(subscription_body(&stored)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/1/Subscription/{id}",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such subscription (or another tenant's)", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -274,6 +351,19 @@ pub(super) async fn delete(
 /// `POST /1/Subscription/{id}/Secret/Rotate`: a new signing secret, shown this
 /// once; the replaced one goes on signing beside it for the overlap window,
 /// so receivers can switch without rejecting a delivery.
+#[utoipa::path(
+    post,
+    path = "/1/Subscription/{id}/Secret/Rotate",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    responses(
+        (status = 200, description = "The new signing secret, shown this once", body = RotatedSecret),
+        (status = 404, description = "No such subscription (or another tenant's)", body = ErrorAnswer),
+        (status = 409, description = "Changed meanwhile", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
@@ -328,6 +418,18 @@ fn activity_body(entry: &ActivityEntry) -> Value {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Subscription/{id}/Status",
+    tag = "subscriptions",
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id")),
+    responses(
+        (status = 200, description = "Health, counts, recent activity and dead letters", body = SubscriptionStatus),
+        (status = 404, description = "No such subscription (or another tenant's)", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn status(
     State(state): State<AppState>,
     principal: Principal,

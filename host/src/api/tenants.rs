@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Principal;
+use super::openapi::{ErrorAnswer, Tenant, Token};
 use super::subscriptions::attachment_failure;
 use super::{AppState, ListQuery, paged, parse_id};
 use crate::api::ApiError;
 use crate::domain::{
-    AccessToken, FieldError, PluginRole, TenantRequest, TenantSpec, ValidationErrors,
+    AccessToken, FieldError, PluginAttachment, PluginRole, TenantRequest, TenantSpec, ValidationErrors,
 };
 use crate::plugin::loader::instantiate;
 use crate::registry::{StoredTenant, StoredToken};
@@ -26,7 +27,7 @@ fn tenant_body(tenant: &StoredTenant) -> Value {
         "id": tenant.id,
         "name": tenant.spec.name.as_str(),
         "topics": tenant.spec.topics,
-        "mandatory_policy": tenant.spec.mandatory_policy,
+        "mandatory_policy": tenant.spec.mandatory_policy.as_ref().map(PluginAttachment::to_public_json),
         "created_at": tenant.created_at,
         "updated_at": tenant.updated_at,
     })
@@ -69,6 +70,23 @@ async fn check_mandatory_policy(state: &AppState, spec: &TenantSpec) -> Result<(
     Err(ApiError::Validation(ValidationErrors(vec![failure])))
 }
 
+#[utoipa::path(
+    post,
+    path = "/1/Tenant",
+    tag = "tenants",
+    request_body = TenantRequest,
+    responses(
+        (status = 201, description = "Created", body = Tenant),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 403, description = "Not the admin", body = ErrorAnswer),
+        (status = 409, description = "The name is taken", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     principal: Principal,
@@ -82,6 +100,19 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(tenant_body(&tenant))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Tenant",
+    tag = "tenants",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tenants", body = Vec<Tenant>, headers(("link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+        (status = 400, description = "A bad `limit` or `cursor`", body = ErrorAnswer),
+        (status = 403, description = "Not the admin", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -102,6 +133,19 @@ async fn load(state: &AppState, raw_id: &str) -> Result<StoredTenant, ApiError> 
         .ok_or_else(|| ApiError::NotFound(format!("no tenant with id {id}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Tenant/{id}",
+    tag = "tenants",
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
+    responses(
+        (status = 200, description = "The tenant", body = Tenant),
+        (status = 403, description = "Not the admin", body = ErrorAnswer),
+        (status = 404, description = "No such tenant", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     principal: Principal,
@@ -111,6 +155,25 @@ pub(super) async fn get(
     Ok(Json(tenant_body(&load(&state, &id).await?)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/1/Tenant/{id}",
+    tag = "tenants",
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
+    request_body = TenantRequest,
+    responses(
+        (status = 200, description = "Replaced", body = Tenant),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 403, description = "Not the admin", body = ErrorAnswer),
+        (status = 404, description = "No such tenant", body = ErrorAnswer),
+        (status = 409, description = "The name is taken", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn replace(
     State(state): State<AppState>,
     principal: Principal,
@@ -132,6 +195,20 @@ pub(super) async fn replace(
     Ok(Json(tenant_body(&tenant)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/1/Tenant/{id}",
+    tag = "tenants",
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
+    responses(
+        (status = 204, description = "Deleted, with its tokens"),
+        (status = 403, description = "Not the admin", body = ErrorAnswer),
+        (status = 404, description = "No such tenant", body = ErrorAnswer),
+        (status = 409, description = "It still owns subscriptions or plugins", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn delete(
     State(state): State<AppState>,
     principal: Principal,
@@ -157,11 +234,13 @@ pub(super) async fn delete(
 }
 
 /// The optional body of a token request.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
+    /// At most 200 characters.
     label: Option<String>,
     /// RFC 3339; absent: the token does not expire.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
@@ -241,6 +320,27 @@ async fn mint(
 }
 
 /// `POST /1/Tenant/{id}/Token`: a token for that tenant (admin only).
+#[utoipa::path(
+    post,
+    path = "/1/Tenant/{id}/Token",
+    tag = "tokens",
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
+    request_body(
+        content = Option<TokenRequest>,
+        description = "Optional: without a body the token has no label and does not expire",
+    ),
+    responses(
+        (status = 201, description = "Minted; `token` is shown this once", body = Token),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 403, description = "Not the admin", body = ErrorAnswer),
+        (status = 404, description = "No such tenant", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn create_tenant_token(
     State(state): State<AppState>,
     principal: Principal,
@@ -255,6 +355,24 @@ pub(super) async fn create_tenant_token(
 
 /// `POST /1/Token`: another token for the caller itself (an admin token for
 /// the admin, one for its own tenant otherwise), e.g. to rotate its own.
+#[utoipa::path(
+    post,
+    path = "/1/Token",
+    tag = "tokens",
+    request_body(
+        content = Option<TokenRequest>,
+        description = "Optional: without a body the token has no label and does not expire",
+    ),
+    responses(
+        (status = 201, description = "Minted for the caller itself; `token` is shown this once", body = Token),
+        (status = 400, description = "Invalid fields (each listed in `errors`), or not JSON", body = ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = ErrorAnswer),
+        (status = 413, description = "The body is over the limit", body = ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn create_own_token(
     State(state): State<AppState>,
     principal: Principal,
@@ -264,6 +382,18 @@ pub(super) async fn create_own_token(
     mint(&state, principal.tenant_id(), &label, expires_at).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/1/Token",
+    tag = "tokens",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the caller's tokens (the admin: all)", body = Vec<Token>, headers(("link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+        (status = 400, description = "A bad `limit` or `cursor`", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
     principal: Principal,
@@ -278,6 +408,18 @@ pub(super) async fn list_tokens(
 }
 
 /// `DELETE /1/Token/{id}`: revokes a token (the admin any; a tenant its own).
+#[utoipa::path(
+    delete,
+    path = "/1/Token/{id}",
+    tag = "tokens",
+    params(("id" = uuid::Uuid, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked (or already revoked)"),
+        (status = 404, description = "No such token that the caller sees", body = ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn revoke_token(
     State(state): State<AppState>,
     principal: Principal,

@@ -33,14 +33,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::Response;
-use axum::routing::get;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub use error::BridgeError;
@@ -114,10 +114,11 @@ impl Bridge {
         }))
     }
 
-    /// `GET /1/ws`, for the API's router to merge (and guard).
-    pub fn router<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
-        Router::new()
-            .route("/1/ws", get(upgrade))
+    /// `GET /1/ws` with its entry in the OpenAPI document, for the API's
+    /// router to merge (and guard).
+    pub fn router<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> OpenApiRouter<S> {
+        OpenApiRouter::default()
+            .routes(routes!(upgrade))
             .with_state(self.clone())
     }
 
@@ -201,6 +202,21 @@ impl Bridge {
     }
 }
 
+/// The WebSocket of seed 004's protocol (its frames are not described here).
+#[utoipa::path(
+    get,
+    path = "/1/ws",
+    tag = "bridge",
+    params(("token" = Option<String>, Query,
+        description = "The bearer token, for browsers (which cannot set the header)")),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade", body = crate::api::openapi::ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = crate::api::openapi::ErrorAnswer),
+        (status = 503, description = "The server is shutting down", body = crate::api::openapi::ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 async fn upgrade(
     State(bridge): State<Arc<Bridge>>,
     principal: Principal,

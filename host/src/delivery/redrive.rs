@@ -86,7 +86,7 @@ pub struct RedrivePlan {
     pub messages: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RedriveRange {
     pub partition: i32,
     /// The first offset to deliver again.
@@ -193,7 +193,7 @@ pub async fn plan(
 }
 
 /// How a redrive is going, as the status shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RedriveProgress {
     pub state: RedriveState,
     pub started_at: chrono::DateTime<chrono::Utc>,
@@ -213,7 +213,7 @@ pub struct RedriveProgress {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RedriveState {
     Running,

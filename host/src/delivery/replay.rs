@@ -41,7 +41,7 @@ pub enum ReplayFrom {
 }
 
 /// A position: the next message to deliver of one partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PartitionOffset {
     pub topic: String,
     pub partition: i32,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::batcher::PartitionKey;
 
 /// Where a pipeline's consumer is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumerState {
     /// Created, joining its group, not yet assigned anything.
@@ -34,7 +34,7 @@ pub enum ConsumerState {
 }
 
 /// One partition's lag, as librdkafka last reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,
@@ -45,7 +45,7 @@ pub struct PartitionLag {
 }
 
 /// One pipeline as this host sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConsumerView {
     pub host: String,
     pub state: ConsumerState,
@@ -54,6 +54,7 @@ pub struct ConsumerView {
     pub reason: Option<String>,
     /// By partition; shown as a list in partition order.
     #[serde(serialize_with = "as_list")]
+    #[schema(value_type = Vec<PartitionLag>)]
     pub partitions: BTreeMap<PartitionKey, PartitionLag>,
 }
 

@@ -213,12 +213,15 @@ impl fmt::Display for TopicAcl {
 const MAX_TOPIC_PATTERNS: usize = 256;
 
 /// `POST /1/Tenant` and `PUT /1/Tenant/{id}` bodies.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRequest {
     /// Accepted so that a fetched tenant can be sent back as it is.
+    #[schema(value_type = Option<String>, format = Uuid)]
     pub id: Option<serde::de::IgnoredAny>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub created_at: Option<serde::de::IgnoredAny>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub updated_at: Option<serde::de::IgnoredAny>,
     pub name: Option<String>,
     pub topics: Option<Vec<String>>,

@@ -23,7 +23,8 @@ pub use plugin::{
     UnknownRole,
 };
 pub use subscription::{
-    Alerting, Batching, Configuration, Destination, DestinationKind, FieldError, RetryPolicy,
-    SourceSpec, SubscriptionRequest, SubscriptionSpec, ValidationErrors, WebhookDestination,
+    Alerting, AlertingRequest, Batching, BatchingRequest, Configuration, ConfigurationRequest,
+    Destination, DestinationKind, DestinationRequest, FieldError, PluginAttachmentRequest,
+    RateLimitRequest, RetryPolicy, RetryRequest, SourceRequest, SourceSpec, SubscriptionRequest, SubscriptionSpec, ValidationErrors, WebhookDestination, WebhookRequest,
     map_stored_secrets,
 };

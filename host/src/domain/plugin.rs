@@ -340,6 +340,21 @@ impl PluginAttachment {
         pairs
     }
 
+    /// The attachment as answers show it: every `secret_config` value masked,
+    /// as a subscription's are (secrets are never echoed).
+    pub fn to_public_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("an attachment always serialises");
+        if let Some(secrets) = value
+            .get_mut("secret_config")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for secret in secrets.values_mut() {
+                *secret = super::fields::MASK.into();
+            }
+        }
+        value
+    }
+
     /// `text` with every secret config value replaced by the mask: a plugin
     /// may quote its configuration back in an error.
     pub fn scrub(&self, text: &str) -> String {

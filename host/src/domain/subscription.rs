@@ -14,7 +14,7 @@ use super::plugin::{
 };
 
 /// One violated rule, with the JSON path of the field that broke it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -82,16 +82,19 @@ fn too_many(cap: usize, what: &str, got: usize) -> String {
 ///
 /// Every field is optional here so that a missing one is reported beside the
 /// others instead of stopping deserialisation; unknown fields are refused.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionRequest {
     /// Accepted so that a fetched subscription can be sent back as it is.
     pub id: Option<String>,
     pub kind: Option<String>,
     /// Read-only; accepted and ignored for the same reason.
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub created_at: Option<serde::de::IgnoredAny>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub updated_at: Option<serde::de::IgnoredAny>,
     /// Read-only (the owner is whoever created it).
+    #[schema(value_type = Option<String>, format = Uuid)]
     pub tenant_id: Option<serde::de::IgnoredAny>,
     pub name: Option<String>,
     pub active: Option<String>,
@@ -100,21 +103,21 @@ pub struct SubscriptionRequest {
     pub configuration: Option<ConfigurationRequest>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationRequest {
     pub kind: Option<String>,
     pub webhook: Option<WebhookRequest>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     pub url: Option<String>,
     pub headers: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceRequest {
     pub topic: Option<String>,
@@ -125,12 +128,16 @@ pub struct SourceRequest {
 
 /// `{"name", "version", "config": {"key": "value"}, "secret_config": {…}}`
 /// naming an uploaded plugin.
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginAttachmentRequest {
     pub name: Option<String>,
     pub version: Option<String>,
+    /// Keys to string values, passed to the plugin's `init`.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub config: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Like `config`, stored sealed and never shown (answers mask the values).
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub secret_config: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -147,7 +154,7 @@ impl std::fmt::Debug for PluginAttachmentRequest {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigurationRequest {
     pub batching: Option<BatchingRequest>,
@@ -158,7 +165,7 @@ pub struct ConfigurationRequest {
     pub body_format: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchingRequest {
     pub max_batch_size: Option<i64>,
@@ -166,7 +173,7 @@ pub struct BatchingRequest {
     pub max_batch_bytes: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
     pub max_retries: Option<i64>,
@@ -174,7 +181,7 @@ pub struct RetryRequest {
     pub fixed_delay_seconds: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertingRequest {
     pub alert_channel: Option<String>,
@@ -182,7 +189,7 @@ pub struct AlertingRequest {
     pub alert_url: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitRequest {
     pub max_requests_per_second: Option<i64>,

@@ -23,7 +23,7 @@ use crate::api::json::{parse, require_json};
 
 /// Seed 001's record. Read to check it; what is produced is the body as
 /// sent (compacted), unknown fields included.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code, reason = "the fields are the schema: serde checks them")]
 struct LogRecord {
     user_id: i64,
@@ -33,7 +33,7 @@ struct LogRecord {
     completed: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code, reason = "the fields are the schema: serde checks them")]
 struct Meta {
     logins: Vec<Login>,
@@ -41,10 +41,12 @@ struct Meta {
     phone_numbers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[allow(dead_code, reason = "the fields are the schema: serde checks them")]
 struct Login {
+    #[schema(value_type = String, format = DateTime)]
     time: Rfc3339,
+    #[schema(value_type = String)]
     ip: std::net::IpAddr,
 }
 
@@ -65,6 +67,25 @@ impl<'de> Deserialize<'de> for Rfc3339 {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/log",
+    tag = "ingest",
+    request_body = LogRecord,
+    responses(
+        (status = 200, description = "Produced to the log topic and acknowledged", body = crate::api::openapi::Written),
+        (status = 404, description = "The log topic does not exist", body = crate::api::openapi::ErrorAnswer),
+        (status = 400, description = "Not JSON, a bad key path, header or query", body = crate::api::openapi::ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = crate::api::openapi::ErrorAnswer),
+        (status = 403, description = "A topic the tenant may not produce to", body = crate::api::openapi::ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = crate::api::openapi::ErrorAnswer),
+        (status = 413, description = "A record, the body or the batch's count is over its limit", body = crate::api::openapi::ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = crate::api::openapi::ErrorAnswer),
+        (status = 502, description = "The brokers refused the record", body = crate::api::openapi::ErrorAnswer),
+        (status = 503, description = "The brokers do not answer in time", body = crate::api::openapi::ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn accept(
     State(ingest): State<Arc<Ingest>>,
     principal: Principal,

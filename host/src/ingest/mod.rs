@@ -32,10 +32,10 @@ mod records;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
-use axum::routing::post;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use futures::StreamExt;
 
 pub use error::IngestError;
@@ -68,11 +68,12 @@ impl Ingest {
         }))
     }
 
-    /// The ingest routes, for the API's router to merge (and guard).
-    pub fn router<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
-        Router::new()
-            .route("/1/Topic/{topic}/Records", post(records::produce))
-            .route("/log", post(log::accept))
+    /// The ingest routes with their entries in the OpenAPI document, for
+    /// the API's router to merge (and guard).
+    pub fn router<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> OpenApiRouter<S> {
+        OpenApiRouter::default()
+            .routes(routes!(records::produce))
+            .routes(routes!(log::accept))
             .with_state(self.clone())
     }
 

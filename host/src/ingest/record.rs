@@ -69,10 +69,13 @@ pub enum Ack {
 }
 
 /// The query string of `POST /1/Topic/{topic}/Records`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecordsQuery {
+    /// A JMESPath expression reading each record's key from its JSON value.
     pub key_path: Option<String>,
+    /// `all` (the default): answer once the brokers acknowledged; `none`: once queued.
     pub ack: Option<String>,
 }
 

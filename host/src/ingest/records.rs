@@ -26,6 +26,50 @@ use crate::api::ApiError;
 use crate::api::auth::Principal;
 use crate::domain::TopicName;
 
+#[utoipa::path(
+    post,
+    path = "/1/Topic/{topic}/Records",
+    tag = "ingest",
+    params(
+        ("topic" = String, Path, description = "The topic to produce to"),
+        RecordsQuery,
+        ("wasmhook-key" = Option<String>, Header, description = "The record's key"),
+        ("wasmhook-partition" = Option<i32>, Header,
+            description = "The partition (-1 or absent: the partitioner chooses)"),
+    ),
+    request_body(
+        description = "One record (`application/json` is checked and compacted; other types \
+            are taken as sent), or an NDJSON batch of one record per line",
+        content(
+            (serde_json::Value = "application/json"),
+            (String = "application/x-ndjson"),
+            (String = "application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Acknowledged by the brokers; a batch answers one NDJSON \
+            line per record (`line`, `topic`, `status` and where it was written)", content(
+            (crate::api::openapi::Written = "application/json"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 202, description = "With `ack=none`: queued", content(
+            (crate::api::openapi::Queued = "application/json"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 207, description = "A batch in which some lines failed (each with its \
+            `status`, `code` and `message`)", body = String, content_type = "application/x-ndjson"),
+        (status = 404, description = "No such topic or partition", body = crate::api::openapi::ErrorAnswer),
+        (status = 400, description = "Not JSON, a bad key path, header or query", body = crate::api::openapi::ErrorAnswer),
+        (status = 401, description = "No usable bearer token", body = crate::api::openapi::ErrorAnswer),
+        (status = 403, description = "A topic the tenant may not produce to", body = crate::api::openapi::ErrorAnswer),
+        (status = 408, description = "The body did not arrive in time", body = crate::api::openapi::ErrorAnswer),
+        (status = 413, description = "A record, the body or the batch's count is over its limit", body = crate::api::openapi::ErrorAnswer),
+        (status = 415, description = "The body is not application/json", body = crate::api::openapi::ErrorAnswer),
+        (status = 502, description = "The brokers refused the record", body = crate::api::openapi::ErrorAnswer),
+        (status = 503, description = "The brokers do not answer in time", body = crate::api::openapi::ErrorAnswer),
+    ),
+    security(("bearer" = []))
+)]
 pub(super) async fn produce(
     State(ingest): State<Arc<Ingest>>,
     principal: Principal,

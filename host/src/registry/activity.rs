@@ -119,7 +119,7 @@ impl Registry {
 }
 
 /// A batch that went to the dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub timestamp: chrono::DateTime<chrono::Utc>,
     pub delivery_id: String,

@@ -57,7 +57,7 @@ pub struct StoredSubscription {
 }
 
 /// Messages that reached each final outcome.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub delivered: i64,
     pub filtered: i64,

@@ -15,6 +15,7 @@ mod hosts;
 mod ingest;
 mod kafka_connection;
 mod log_forwarder;
+mod openapi;
 mod plugin_runtime;
 mod plugins;
 mod replay;
