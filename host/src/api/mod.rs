@@ -87,11 +87,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
 /// door reads its own body with its own limits. Every route, the doors'
 /// included, comes with its entry in the OpenAPI document, served at
 /// `/openapi.json` and shown at `/docs`.
-pub fn router_with(
-    state: AppState,
-    body_limit: usize,
-    doors: OpenApiRouter<AppState>,
-) -> Router {
+pub fn router_with(state: AppState, body_limit: usize, doors: OpenApiRouter<AppState>) -> Router {
     let (routes, document) = api_routes(state.max_plugin_bytes)
         .merge(doors)
         .split_for_parts();

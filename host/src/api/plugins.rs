@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Principal;
-use super::openapi::{ErrorAnswer, Plugin, PluginUpload};
 use super::json::{BodyLimit, MediaType, body_timeout, read_body, sent_type, unsupported};
+use super::openapi::{ErrorAnswer, Plugin, PluginUpload};
 use super::{AppState, ListQuery, paged};
 use crate::api::ApiError;
 use crate::domain::{FieldError, PluginName, PluginRole, PluginVersion, ValidationErrors};

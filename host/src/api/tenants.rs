@@ -17,7 +17,8 @@ use super::subscriptions::attachment_failure;
 use super::{AppState, ListQuery, paged, parse_id};
 use crate::api::ApiError;
 use crate::domain::{
-    AccessToken, FieldError, PluginAttachment, PluginRole, TenantRequest, TenantSpec, ValidationErrors,
+    AccessToken, FieldError, PluginAttachment, PluginRole, TenantRequest, TenantSpec,
+    ValidationErrors,
 };
 use crate::plugin::loader::instantiate;
 use crate::registry::{StoredTenant, StoredToken};

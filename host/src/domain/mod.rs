@@ -25,6 +25,6 @@ pub use plugin::{
 pub use subscription::{
     Alerting, AlertingRequest, Batching, BatchingRequest, Configuration, ConfigurationRequest,
     Destination, DestinationKind, DestinationRequest, FieldError, PluginAttachmentRequest,
-    RateLimitRequest, RetryPolicy, RetryRequest, SourceRequest, SourceSpec, SubscriptionRequest, SubscriptionSpec, ValidationErrors, WebhookDestination, WebhookRequest,
-    map_stored_secrets,
+    RateLimitRequest, RetryPolicy, RetryRequest, SourceRequest, SourceSpec, SubscriptionRequest,
+    SubscriptionSpec, ValidationErrors, WebhookDestination, WebhookRequest, map_stored_secrets,
 };

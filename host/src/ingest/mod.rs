@@ -34,9 +34,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::Request;
+use futures::StreamExt;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use futures::StreamExt;
 
 pub use error::IngestError;
 

@@ -138,7 +138,11 @@ async fn the_document_and_the_docs_need_no_token_and_load_nothing_from_elsewhere
         );
     }
     // Each file the page loads is served from /docs/.
-    for file in ["swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"] {
+    for file in [
+        "swagger-ui.css",
+        "swagger-ui-bundle.js",
+        "swagger-ui-standalone-preset.js",
+    ] {
         assert!(html.contains(file), "{file} not in {html}");
         let response = anonymous
             .get(app.url(&format!("/docs/{file}")))
@@ -187,7 +191,11 @@ async fn every_documented_route_is_served_and_answers_a_documented_status() {
         let response = request.send().await.unwrap();
         let status = response.status();
         let body = response.text().await.unwrap();
-        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {body}");
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {body}"
+        );
         assert!(
             !(status == StatusCode::NOT_FOUND && body.contains("no route for")),
             "{method} {path} is documented but not served: {body}"
@@ -239,7 +247,12 @@ fn no_route_is_registered_outside_the_document() {
         let text = std::fs::read_to_string(file).unwrap();
         for (number, line) in text.lines().enumerate() {
             if UNDOCUMENTED_ROUTING.iter().any(|p| line.contains(p)) {
-                offending.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+                offending.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
             }
         }
     }
@@ -291,7 +304,10 @@ async fn every_route_in_the_readme_is_documented() {
         .iter()
         .filter(|route| !documented.contains(route))
         .collect();
-    assert!(missing.is_empty(), "in the README, not in the document: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "in the README, not in the document: {missing:?}"
+    );
     app.stop().await;
 }
 
@@ -331,7 +347,13 @@ async fn requests_and_real_answers_match_the_documented_schemas() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_answer(&document, "get", "/1/Subscription", status, &list);
     let (status, state) = app.get(&format!("{path}/Status")).await;
-    assert_answer(&document, "get", "/1/Subscription/{id}/Status", status, &state);
+    assert_answer(
+        &document,
+        "get",
+        "/1/Subscription/{id}/Status",
+        status,
+        &state,
+    );
     let (status, rotated) = app.post(&format!("{path}/Secret/Rotate"), &json!({})).await;
     assert_eq!(status, ok, "{rotated}");
     assert_answer(
@@ -350,25 +372,54 @@ async fn requests_and_real_answers_match_the_documented_schemas() {
         &switch,
     );
     let (status, overview) = app.post("/1/EventNotificationAdmin", &switch).await;
-    assert_answer(&document, "post", "/1/EventNotificationAdmin", status, &overview);
+    assert_answer(
+        &document,
+        "post",
+        "/1/EventNotificationAdmin",
+        status,
+        &overview,
+    );
     let (status, state) = app.get(&format!("{path}/Status")).await;
     assert!(state.get("offline_message").is_some(), "{state}");
-    assert_answer(&document, "get", "/1/Subscription/{id}/Status", status, &state);
+    assert_answer(
+        &document,
+        "get",
+        "/1/Subscription/{id}/Status",
+        status,
+        &state,
+    );
     app.set_platform("online", "").await;
     let (status, overview) = app.get("/1/EventNotificationAdmin").await;
     assert_eq!(overview["webhooks"].as_array().unwrap().len(), 1);
-    assert_answer(&document, "get", "/1/EventNotificationAdmin", status, &overview);
+    assert_answer(
+        &document,
+        "get",
+        "/1/EventNotificationAdmin",
+        status,
+        &overview,
+    );
 
     // Plugins.
     let (status, uploaded) = app
-        .upload_plugin("field-match", "1.0.0", "filter", &plugin_wasm("field_match"))
+        .upload_plugin(
+            "field-match",
+            "1.0.0",
+            "filter",
+            &plugin_wasm("field_match"),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{uploaded}");
     assert_answer(&document, "post", "/1/Plugin", status, &uploaded);
     let (status, plugins) = app.get("/1/Plugin").await;
     assert_answer(&document, "get", "/1/Plugin", status, &plugins);
     let (status, plugin) = app.get("/1/Plugin/field-match/1.0.0").await;
-    assert_answer(&document, "get", "/1/Plugin/{name}/{version}", status, &plugin);
+    assert_answer(
+        &document,
+        "get",
+        "/1/Plugin/{name}/{version}",
+        status,
+        &plugin,
+    );
 
     // Tenants and tokens.
     let tenant = json!({"name": "acme", "topics": ["orders", "acme.*"]});
@@ -398,7 +449,10 @@ async fn requests_and_real_answers_match_the_documented_schemas() {
     assert_answer(&document, "get", "/readyz", status, &ready);
     let (status, invalid) = app.post("/1/Subscription", &json!({"name": ""})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(!invalid["errors"].as_array().unwrap().is_empty(), "{invalid}");
+    assert!(
+        !invalid["errors"].as_array().unwrap().is_empty(),
+        "{invalid}"
+    );
     assert_answer(&document, "post", "/1/Subscription", status, &invalid);
     let (status, missing) = app.get(&format!("/1/Subscription/{}", sample("id"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
