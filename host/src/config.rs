@@ -27,7 +27,13 @@ use crate::secrets::{HiddenText, KeySource};
 /// registry in ./wasmhook.db (SQLite) and starts an embedded, in-memory Kafka
 /// broker for trying things out.
 #[derive(Parser)]
-#[command(name = "wasmhook", version, about, long_about)]
+#[command(
+    name = "wasmhook",
+    version,
+    about,
+    long_about,
+    after_help = "Client commands, which talk to a running server (WASMHOOK_SERVER, WASMHOOK_TOKEN):\n  wasmhook subscription|plugin|admin --help"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

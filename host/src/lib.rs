@@ -30,6 +30,8 @@
 //!   from, [`kafka::Topics`] creates the topics wasmhook produces to (admin API,
 //!   or auto-creation where that is all there is), [`kafka::BrokerHealth`] for readiness.
 //! - [`broker`]: the embedded in-memory Kafka broker used when none is configured.
+//! - [`client`]: the command line's client (`wasmhook subscription|plugin|admin …`),
+//!   which talks to a running server over the REST API.
 //!
 //! Data paths, delivery semantics and where each decision lives:
 //! `docs/ARCHITECTURE.md`.
@@ -37,6 +39,7 @@
 pub mod api;
 pub mod bridge;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod domain;

@@ -1,5 +1,7 @@
 //! The `wasmhook` binary: parse flags, start the embedded broker if no Kafka is
-//! configured, and run the application until SIGINT or SIGTERM.
+//! configured, and run the application until SIGINT or SIGTERM. The client
+//! commands (`subscription`, `plugin`, `admin`) talk to a running server
+//! instead ([`wasmhook::client`]).
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,6 +13,14 @@ use wasmhook::startup::Application;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Before the server's parser: a client command needs none of its flags,
+    // and its exit code says what failed.
+    if wasmhook::client::is_command(&argv) {
+        let code = runtime.block_on(wasmhook::client::run_command(argv));
+        drop(runtime);
+        std::process::exit(i32::from(code));
+    }
     let result = runtime.block_on(serve());
     // Bounded exit: a task still blocked on an unreachable broker is left behind.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -1,5 +1,6 @@
 //! The `wasmhook` binary itself: the admin token printed once at the first
-//! start, `wasmhook token create`, and a bad `--admin-token` refused.
+//! start, `wasmhook token create`, a bad `--admin-token` refused, and the
+//! client commands dispatched before the server's flags.
 
 use std::time::Duration;
 
@@ -129,4 +130,67 @@ async fn the_first_start_prints_an_admin_token_once_and_the_cli_mints_more() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("whk_"), "{stderr}");
+}
+
+/// Runs a client command of the binary against `server` with `token`.
+async fn client(server: &str, token: &str, args: &[&str]) -> std::process::Output {
+    tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(binary())
+            .args(args)
+            .env("WASMHOOK_SERVER", server)
+            .env("WASMHOOK_TOKEN", token)
+            .output(),
+    )
+    .await
+    .expect("the client ends")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_talk_to_a_running_server_without_the_servers_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("wasmhook.db").display());
+    let (printed, mut server) = start_binary(&db_url).await;
+    let token_line = printed
+        .iter()
+        .find(|l| l.contains("admin token"))
+        .unwrap_or_else(|| panic!("no admin token line in {printed:?}"));
+    let token = token_line.rsplit(' ').next().unwrap().to_string();
+    let address = address_in(&printed);
+
+    let status = client(&address, &token, &["admin", "status", "--json"]).await;
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["status"], "online", "{status}");
+
+    let missing = client(&address, &token, &["subscription", "get", "nope"]).await;
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr),
+        "error: no subscription with id \"nope\" (HTTP 404)\n"
+    );
+    assert!(missing.stdout.is_empty(), "{missing:?}");
+
+    // The client's own help: short, none of the server's flags.
+    let help = client(&address, &token, &["subscription", "--help"]).await;
+    assert_eq!(help.status.code(), Some(0), "{help:?}");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("replay") && help.contains("--server"),
+        "{help}"
+    );
+    assert!(!help.contains("--kafka-brokers"), "{help}");
+    let usage = client(&address, &token, &["plugin", "delete", "only-a-name"]).await;
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
+
+    server.kill().await.unwrap();
+    server.wait().await.unwrap();
+    let gone = client(&address, &token, &["subscription", "list"]).await;
+    assert_eq!(gone.status.code(), Some(3), "{gone:?}");
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        stderr.starts_with(&format!("error: cannot reach the server at {address}: ")),
+        "{stderr}"
+    );
 }

@@ -9,8 +9,16 @@ use wasmhook_tests::loadtest::{self, Options};
 async fn main() -> anyhow::Result<()> {
     wasmhook_tests::child::init_logging();
     let mut args = std::env::args().skip(1);
-    // The child-process mode the load test uses to run (and SIGKILL) wasmhook.
+    // The child-process mode the load test uses to run (and SIGKILL) wasmhook,
+    // and the black-box tests its client commands, dispatched as the
+    // wasmhook binary dispatches them.
     if args.next().as_deref() == Some("wasmhook") {
+        let argv: Vec<std::ffi::OsString> = std::iter::once("wasmhook".into())
+            .chain(std::env::args_os().skip(2))
+            .collect();
+        if wasmhook::client::is_command(&argv) {
+            std::process::exit(i32::from(wasmhook::client::run_command(argv).await));
+        }
         return wasmhook_tests::child::run_wasmhook(args.collect()).await;
     }
     let options = Options::parse();

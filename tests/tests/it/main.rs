@@ -7,6 +7,7 @@ mod access;
 mod alerting;
 mod api;
 mod bridge;
+mod cli;
 mod delivery;
 mod fuzz;
 mod hardening;

@@ -11,7 +11,7 @@ use crate::delivery::{WAIT, values};
 use crate::helpers::{Db, Receiver, System, positions, produce, subscription};
 
 /// Waits until `n` messages were delivered with a 2xx, repeats counted.
-async fn wait_for_deliveries(receiver: &Receiver, n: usize) -> Vec<Value> {
+pub(crate) async fn wait_for_deliveries(receiver: &Receiver, n: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let delivered = receiver.delivered();
@@ -30,7 +30,7 @@ async fn wait_for_deliveries(receiver: &Receiver, n: usize) -> Vec<Value> {
 
 /// Waits until the subscription's group has committed `n` messages in all
 /// (as its consumer's statistics report it).
-async fn wait_for_committed(app: &crate::helpers::TestApp, id: &str, n: i64) {
+pub(crate) async fn wait_for_committed(app: &crate::helpers::TestApp, id: &str, n: i64) {
     app.wait_for_status(id, WAIT, |s| {
         s["consumer"]["partitions"].as_array().is_some_and(|p| {
             p.iter()
@@ -42,7 +42,7 @@ async fn wait_for_committed(app: &crate::helpers::TestApp, id: &str, n: i64) {
     .await;
 }
 
-fn at(topic: &str, partition: i64, offset: i64) -> (String, i64, i64) {
+pub(crate) fn at(topic: &str, partition: i64, offset: i64) -> (String, i64, i64) {
     (topic.to_string(), partition, offset)
 }
 
