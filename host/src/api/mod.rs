@@ -2,12 +2,14 @@
 //! tenants and tokens.
 //!
 //! Routes: `/1/Subscription` (create, list), `/1/Subscription/{id}` (get, replace,
-//! delete), `/1/Subscription/{id}/Status`, `/1/Subscription/{id}/Secret/Rotate`,
+//! delete), `/1/Subscription/{id}/Status`, `/1/Subscription/{id}/Series`,
+//! `/1/Subscription/{id}/Secret/Rotate`,
 //! `/1/EventNotificationAdmin` (get, set),
 //! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete),
 //! `/1/Tenant` (create, list), `/1/Tenant/{id}` (get, replace, delete),
 //! `/1/Tenant/{id}/Token` (mint), `/1/Token` (mint own, list),
-//! `/1/Token/{id}` (revoke), and the unauthenticated `/healthz` and `/readyz`.
+//! `/1/Token/{id}` (revoke), and the unauthenticated `/healthz`, `/readyz`
+//! and status page (`/ui`, [`crate::ui`]).
 //! Other doors' routes (ingest's `/1/Topic/{topic}/Records` and `/log`) are
 //! merged in by [`router_with`], behind the same authentication.
 //! Every other route needs a bearer token ([`auth`]). Handlers parse into
@@ -21,6 +23,7 @@ pub mod error;
 pub mod json;
 mod plugins;
 mod replay;
+mod series;
 pub mod server;
 mod subscriptions;
 mod tenants;
@@ -106,6 +109,7 @@ pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) 
                 .delete(subscriptions::delete),
         )
         .route("/1/Subscription/{id}/Status", get(subscriptions::status))
+        .route("/1/Subscription/{id}/Series", get(series::series))
         .route("/1/Subscription/{id}/Replay", post(replay::replay))
         .route(
             "/1/Subscription/{id}/DeadLetter/Redrive",
@@ -135,6 +139,8 @@ pub fn router_with(state: AppState, body_limit: usize, doors: Router<AppState>) 
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/{asset}", get(crate::ui::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

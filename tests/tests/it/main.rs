@@ -23,3 +23,4 @@ mod secrets;
 mod ssrf;
 mod telemetry;
 mod topics;
+mod ui;
