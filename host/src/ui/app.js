@@ -258,10 +258,13 @@
 
   const number = (n) => Number(n || 0).toLocaleString('en');
 
+  // A moment as local time, with the date unless it is today.
   function when(timestamp) {
     if (!timestamp) return '';
     const at = new Date(timestamp);
-    return Number.isNaN(at.getTime()) ? String(timestamp) : at.toLocaleString();
+    if (Number.isNaN(at.getTime())) return String(timestamp);
+    const today = at.toDateString() === new Date().toDateString();
+    return today ? at.toLocaleTimeString() : at.toLocaleString();
   }
 
   function fillCard(card, subscription, { status, series }) {
@@ -271,7 +274,8 @@
     badge.textContent = status.status;
     badge.dataset.status = status.status;
     const reason = $('.reason', card);
-    const why = status.status_reason || status.offline_message || '';
+    const why = status.status_reason
+      || (status.offline_message ? `Platform offline: ${status.offline_message}` : '');
     reason.textContent = why;
     reason.hidden = !why;
     for (const outcome of ['delivered', 'filtered', 'denied', 'dead_lettered']) {
@@ -385,12 +389,16 @@
       ctx.stroke();
       ctx.fillText(`${formatValue(value)}${unit}`, pad.left - 4, y(value));
     }
+    // The time axis, marked every five minutes back from now.
     ctx.textBaseline = 'top';
-    const minutes = (count * series.bucket_seconds) / 60;
-    for (const [n, label] of [[0, `−${Math.round(minutes)} min`], [Math.floor((count - 1) / 2), `−${Math.round(minutes / 2)} min`], [count - 1, 'now']]) {
-      ctx.textAlign = n === 0 ? 'left' : n === count - 1 ? 'right' : 'center';
-      ctx.fillText(label, x(n), height - pad.bottom + 4);
+    const perFive = 300 / series.bucket_seconds;
+    for (let back = 0; back < count; back += perFive) {
+      const n = count - 1 - back;
+      ctx.textAlign = back === 0 ? 'right' : 'center';
+      ctx.fillText(back === 0 ? 'now' : `−${back / perFive * 5} min`, x(n), height - pad.bottom + 4);
     }
+    ctx.textAlign = 'left';
+    ctx.fillText(`−${Math.round((count * series.bucket_seconds) / 60)} min`, x(0), height - pad.bottom + 4);
 
     ctx.lineWidth = 2;
     ctx.lineJoin = 'round';
