@@ -189,6 +189,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::series::{BUCKETS, WINDOW_MS};
     use crate::registry::ApiCall;
 
     fn call(code: u16) -> Activity {
@@ -257,14 +258,18 @@ mod tests {
         let points = ledger.series(id, chrono::Utc::now().timestamp_millis());
         assert_eq!(points.iter().map(|p| p.delivered).sum::<i64>(), 2);
         assert_eq!(points.iter().map(|p| p.latency_samples).sum::<u64>(), 2);
-        let worst = points.iter().filter_map(|p| p.latency_max_ms).max().unwrap();
+        let worst = points
+            .iter()
+            .filter_map(|p| p.latency_max_ms)
+            .max()
+            .unwrap();
         assert!((150..10_000).contains(&worst), "{worst}");
         // Kept while in the window, forgotten once nothing is left in it.
         ledger.forget_idle_series(now);
         assert_eq!(ledger.series.lock().unwrap().len(), 1);
-        ledger.forget_idle_series(now + super::super::series::WINDOW_MS + 1);
+        ledger.forget_idle_series(now + WINDOW_MS + 1);
         assert!(ledger.series.lock().unwrap().is_empty());
-        assert_eq!(ledger.series(Uuid::new_v4(), now).len(), super::super::series::BUCKETS);
+        assert_eq!(ledger.series(Uuid::new_v4(), now).len(), BUCKETS);
     }
 
     #[test]

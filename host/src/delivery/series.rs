@@ -120,8 +120,7 @@ impl Series {
                 };
                 let sampled = bucket.latencies > 0;
                 Point {
-                    start: DateTime::from_timestamp_millis(number * BUCKET_MS)
-                        .unwrap_or_default(),
+                    start: DateTime::from_timestamp_millis(number * BUCKET_MS).unwrap_or_default(),
                     delivered: bucket.counts.delivered,
                     filtered: bucket.counts.filtered,
                     denied: bucket.counts.denied,
@@ -161,7 +160,11 @@ mod tests {
     fn a_new_series_shows_the_whole_window_empty() {
         let points = Series::default().points(T0 + 1234);
         assert_eq!(points.len(), BUCKETS);
-        assert!(points.iter().all(|p| p.delivered == 0 && p.latency_mean_ms.is_none()));
+        assert!(
+            points
+                .iter()
+                .all(|p| p.delivered == 0 && p.latency_mean_ms.is_none())
+        );
         let newest = points.last().unwrap().start.timestamp_millis();
         assert_eq!(newest, T0, "the newest bucket is the one now falls in");
         let oldest = points[0].start.timestamp_millis();
@@ -227,7 +230,11 @@ mod tests {
         series.add_counts(later, delivered(2));
         let points = series.points(later);
         assert_eq!(points.last().unwrap().delivered, 2);
-        assert_eq!(points.last().unwrap().latency_samples, 0, "emptied, not added to");
+        assert_eq!(
+            points.last().unwrap().latency_samples,
+            0,
+            "emptied, not added to"
+        );
         assert_eq!(points.iter().map(|p| p.delivered).sum::<i64>(), 2);
         assert!(!series.is_idle(later));
     }

@@ -145,8 +145,12 @@ impl Browser {
     }
 
     async fn open_with_token(&self, token: &str) {
-        self.wait_until("the token form", "return !!document.querySelector('#login:not([hidden]) #token')", |v| v == true)
-            .await;
+        self.wait_until(
+            "the token form",
+            "return !!document.querySelector('#login:not([hidden]) #token')",
+            |v| v == true,
+        )
+        .await;
         self.type_into("#token", token).await;
         self.click("#login button").await;
     }
@@ -218,7 +222,10 @@ async fn the_status_page_shows_each_token_its_own_and_switches_the_platform() {
     let admin = sys.app.caller(Some(ADMIN_TOKEN));
     let acme = admin.tenant("acme", &["acme.*"]).await;
     let url = &sys.receiver.url;
-    let shop = sys.app.subscribe(&subscription("shop", url, &["shop"])).await;
+    let shop = sys
+        .app
+        .subscribe(&subscription("shop", url, &["shop"]))
+        .await;
     let (status, created) = sys
         .app
         .caller(Some(&acme.token))
@@ -239,7 +246,12 @@ async fn the_status_page_shows_each_token_its_own_and_switches_the_platform() {
     assert_eq!(page.status(), StatusCode::OK);
     let policy = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(policy.contains("default-src 'self'"), "{policy}");
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     for (asset, kind) in [("app.js", "text/javascript"), ("style.css", "text/css")] {
         let answer = anonymous
             .get(sys.app.url(&format!("/ui/{asset}")))
@@ -247,9 +259,18 @@ async fn the_status_page_shows_each_token_its_own_and_switches_the_platform() {
             .await
             .unwrap();
         assert_eq!(answer.status(), StatusCode::OK, "{asset}");
-        assert!(answer.headers()["content-type"].to_str().unwrap().starts_with(kind));
+        assert!(
+            answer.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(kind)
+        );
     }
-    let missing = anonymous.get(sys.app.url("/ui/nothing.js")).send().await.unwrap();
+    let missing = anonymous
+        .get(sys.app.url("/ui/nothing.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
     let browser = Browser::start().await;
@@ -258,25 +279,34 @@ async fn the_status_page_shows_each_token_its_own_and_switches_the_platform() {
 
     // The admin sees both subscriptions, their counts, consumers and plots.
     let cards = browser
-        .wait_until("both subscriptions with their deliveries plotted", CARDS, |cards| {
-            let shown = |id: &str, delivered: &str| {
-                card(cards, id).is_some_and(|c| {
-                    c["delivered"] == delivered
-                        && c["rate_points"].as_i64() > Some(0)
-                        && c["latency_points"].as_i64() > Some(0)
-                        && c["green"].as_i64() > Some(0)
-                        && c["activity"].as_i64() > Some(0)
-                        && c["lag"].as_str().is_some_and(|lag| lag.parse::<i64>().is_ok())
-                })
-            };
-            shown(&shop, "5") && shown(&orders, "3")
-        })
+        .wait_until(
+            "both subscriptions with their deliveries plotted",
+            CARDS,
+            |cards| {
+                let shown = |id: &str, delivered: &str| {
+                    card(cards, id).is_some_and(|c| {
+                        c["delivered"] == delivered
+                            && c["rate_points"].as_i64() > Some(0)
+                            && c["latency_points"].as_i64() > Some(0)
+                            && c["green"].as_i64() > Some(0)
+                            && c["activity"].as_i64() > Some(0)
+                            && c["lag"]
+                                .as_str()
+                                .is_some_and(|lag| lag.parse::<i64>().is_ok())
+                    })
+                };
+                shown(&shop, "5") && shown(&orders, "3")
+            },
+        )
         .await;
     let shown = card(&cards, &shop).unwrap();
     assert_eq!(shown["name"], "shop", "{cards}");
     assert_eq!(shown["status"], "healthy", "{cards}");
     assert_eq!(shown["consumer"], "running", "{cards}");
-    assert!(browser.displayed("#switch").await, "the admin has the switch");
+    assert!(
+        browser.displayed("#switch").await,
+        "the admin has the switch"
+    );
     let png = browser.client.screenshot().await.unwrap();
     let kept = keep_screenshot(&png);
     println!("screenshot: {}", kept.display());
@@ -318,7 +348,10 @@ async fn the_status_page_shows_each_token_its_own_and_switches_the_platform() {
         })
         .await;
     assert_eq!(card(&cards, &orders).unwrap()["name"], "acme-orders");
-    assert!(!browser.displayed("#switch").await, "a tenant has no switch");
+    assert!(
+        !browser.displayed("#switch").await,
+        "a tenant has no switch"
+    );
     assert!(browser.displayed("#switch-note").await);
     let now_at = browser.client.current_url().await.unwrap();
     assert_eq!(now_at.fragment(), None, "the token is left in {now_at}");
@@ -388,7 +421,10 @@ async fn the_series_shows_what_this_host_delivered_to_whoever_may_see_the_subscr
         if total(&series, "delivered") == 3 && total(&series, "filtered") == 2 {
             break series;
         }
-        assert!(Instant::now() < deadline, "the series never showed the deliveries: {series}");
+        assert!(
+            Instant::now() < deadline,
+            "the series never showed the deliveries: {series}"
+        );
         sleep(POLL).await;
     };
     assert_eq!(series["id"], orders.as_str());
@@ -396,7 +432,10 @@ async fn the_series_shows_what_this_host_delivered_to_whoever_may_see_the_subscr
     assert_eq!(series["bucket_seconds"], 10);
     assert_eq!(series["window_seconds"], 900);
     let consumer = sys.app.status_of(&orders).await["consumer"].clone();
-    assert_eq!(series["host"], consumer["host"], "the answering host is named");
+    assert_eq!(
+        series["host"], consumer["host"],
+        "the answering host is named"
+    );
     assert_eq!(total(&series, "dead_lettered"), 0);
     assert_eq!(total(&series, "latency_samples"), 3, "{series}");
     let points = series["points"].as_array().unwrap();
@@ -407,8 +446,14 @@ async fn the_series_shows_what_this_host_delivered_to_whoever_may_see_the_subscr
         .collect();
     assert!(starts.windows(2).all(|w| (w[1] - w[0]).num_seconds() == 10));
     let newest = chrono::Utc::now() - *starts.last().unwrap();
-    assert!((0..=11).contains(&newest.num_seconds()), "the last bucket is now's");
-    for point in points.iter().filter(|p| p["latency_samples"].as_i64() > Some(0)) {
+    assert!(
+        (0..=11).contains(&newest.num_seconds()),
+        "the last bucket is now's"
+    );
+    for point in points
+        .iter()
+        .filter(|p| p["latency_samples"].as_i64() > Some(0))
+    {
         let (mean, max) = (
             point["latency_mean_ms"].as_f64().unwrap(),
             point["latency_max_ms"].as_f64().unwrap(),
