@@ -297,12 +297,12 @@
     $('.dead-letter-topic', card).textContent = status.dead_letter_topic;
   }
 
-  // Delivered per second over the last six whole buckets (the newest one is
-  // still filling).
+  // Delivered per second over the last minute: the newest buckets, the one
+  // still filling included (so it reads a little low rather than nothing
+  // right after a delivery).
   function lastMinuteRate(series) {
-    const whole = series.points.slice(-7, -1);
-    const delivered = whole.reduce((sum, p) => sum + p.delivered, 0);
-    return whole.length ? delivered / (whole.length * series.bucket_seconds) : 0;
+    const recent = series.points.slice(-Math.round(60 / series.bucket_seconds));
+    return recent.reduce((sum, p) => sum + p.delivered, 0) / 60;
   }
 
   function row(cells) {
@@ -346,17 +346,18 @@
       { values: perSecond('filtered'), colour: COLOURS.filtered },
       { values: perSecond('denied'), colour: COLOURS.denied },
       { values: perSecond('dead_lettered'), colour: COLOURS.dead_lettered },
-    ], '/s');
+    ], (value) => `${formatValue(value)}/s`);
     draw($('.latency-chart', card), series, [
       { values: series.points.map((p) => p.latency_max_ms), colour: COLOURS.max },
       { values: series.points.map((p) => p.latency_mean_ms), colour: COLOURS.mean },
-    ], ' ms');
+    ], (ms) => (ms >= 1000 ? `${formatValue(ms / 1000)} s` : `${formatValue(ms)} ms`));
   }
 
   // A line per series over the window, oldest left; null values are gaps.
-  // `data-points` counts the buckets with something to show, for tests and
-  // for anyone inspecting the page.
-  function draw(canvas, series, lines, unit) {
+  // `label` writes a value of the vertical axis. `data-points` counts the
+  // buckets with something to show, for tests and for anyone inspecting the
+  // page.
+  function draw(canvas, series, lines, label) {
     const width = canvas.clientWidth;
     const height = canvas.clientHeight;
     if (!width || !height) return;
@@ -365,29 +366,31 @@
     canvas.height = Math.round(height * ratio);
     const ctx = canvas.getContext('2d');
     ctx.scale(ratio, ratio);
-    const pad = { left: 44, right: 8, top: 8, bottom: 18 };
-    const plotWidth = width - pad.left - pad.right;
-    const plotHeight = height - pad.top - pad.bottom;
     const count = series.points.length;
     const values = lines.flatMap((line) => line.values).filter((v) => v !== null);
     const top = niceCeiling(Math.max(0, ...values));
+    const marks = [0, 0.5, 1].map((fraction) => top * fraction);
+    ctx.font = '11px system-ui, sans-serif';
+    // Room on the left for the widest mark of the vertical axis.
+    const widest = Math.max(...marks.map((value) => ctx.measureText(label(value)).width));
+    const pad = { left: Math.ceil(widest) + 8, right: 8, top: 8, bottom: 18 };
+    const plotWidth = width - pad.left - pad.right;
+    const plotHeight = height - pad.top - pad.bottom;
     const x = (n) => pad.left + (count > 1 ? (n / (count - 1)) * plotWidth : 0);
     const y = (v) => pad.top + plotHeight - (top ? (v / top) * plotHeight : 0);
 
     ctx.clearRect(0, 0, width, height);
-    ctx.font = '11px system-ui, sans-serif';
     ctx.fillStyle = '#6b7280';
     ctx.strokeStyle = '#e5e7eb';
     ctx.lineWidth = 1;
     ctx.textAlign = 'right';
     ctx.textBaseline = 'middle';
-    for (const fraction of [0, 0.5, 1]) {
-      const value = top * fraction;
+    for (const value of marks) {
       ctx.beginPath();
       ctx.moveTo(pad.left, Math.round(y(value)) + 0.5);
       ctx.lineTo(width - pad.right, Math.round(y(value)) + 0.5);
       ctx.stroke();
-      ctx.fillText(`${formatValue(value)}${unit}`, pad.left - 4, y(value));
+      ctx.fillText(label(value), pad.left - 4, y(value));
     }
     // The time axis, marked every five minutes back from now.
     ctx.textBaseline = 'top';
