@@ -48,8 +48,8 @@ pub mod record;
 pub mod redrive;
 pub mod replay;
 pub mod retry;
-pub mod series;
 pub mod sender;
+pub mod series;
 pub mod state;
 pub mod supervisor;
 
