@@ -8,6 +8,7 @@
 //! - [`startup`]: [`startup::Application`] builds everything that can fail at
 //!   start-up, then runs the REST API and the delivery engine until shut down.
 //! - [`api`]: the REST API (subscriptions, status, admin switch, plugins, healthz, readyz).
+//! - [`ui`]: the status page at `/ui`, static files compiled in, reading the API.
 //! - [`domain`]: newtypes that parse the API's input into a valid subscription spec.
 //! - [`registry`]: subscriptions, plugins, activity and the admin switch in SQLite or PostgreSQL.
 //! - [`ingest`]: the door into Kafka — `POST /1/Topic/{topic}/Records`
@@ -53,6 +54,7 @@ pub mod secrets;
 pub mod signing;
 pub mod startup;
 pub mod telemetry;
+pub mod ui;
 
 pub use config::Settings;
 pub use startup::Application;

@@ -187,13 +187,12 @@ pub fn attempt(subscription: Uuid, status: u16, delivered: bool, took: Duration)
     histogram!(REQUEST_DURATION, "subscription" => id).record(took.as_secs_f64());
 }
 
-/// Publish → delivery for each message of a delivered batch: `timestamps` are
-/// the messages' Kafka timestamps (ms since the epoch), `now_ms` the moment
-/// of delivery. Messages without a timestamp are left out.
-pub fn latency(subscription: Uuid, timestamps: impl Iterator<Item = Option<i64>>, now_ms: i64) {
+/// Publish → delivery for each message of a delivered batch, in
+/// milliseconds (from its Kafka timestamp to the moment of delivery).
+pub fn latency(subscription: Uuid, latencies_ms: &[i64]) {
     let latency = histogram!(LATENCY, "subscription" => subscription.to_string());
-    for at in timestamps.flatten() {
-        latency.record((now_ms - at).max(0) as f64 / 1000.0);
+    for &ms in latencies_ms {
+        latency.record(ms as f64 / 1000.0);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Authentication and the caller's identity.
 //!
 //! [`authenticate`] is a middleware on every route but `/healthz`,
-//! `/readyz`, `/openapi.json` and `/docs`: it reads `Authorization: Bearer whk_…`, finds the token by its
+//! `/readyz`, `/openapi.json`, `/docs` and the status page's files (whose
+//! data calls send a token): it reads `Authorization: Bearer whk_…`, finds the token by its
 //! public prefix, compares hashes in constant time and checks expiry and
 //! revocation. A missing or invalid token is a 401; the handlers then see a
 //! [`Principal`] (the admin, or a tenant with its topic ACL) and answer 403
@@ -107,9 +108,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 }
 
 /// Routes anyone may call: probes of load balancers and orchestrators, and
-/// the API's document and its Swagger UI (they hold no data).
+/// the API's document and its Swagger UI (they hold no data), and the status
+/// page's static files (it sends a token for every data call).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs")
+        || path.starts_with("/docs/")
+        || crate::ui::is_page(path)
 }
 
 /// Routes that also take the token as a `token` query parameter: browsers

@@ -2,13 +2,15 @@
 //! tenants and tokens.
 //!
 //! Routes: `/1/Subscription` (create, list), `/1/Subscription/{id}` (get, replace,
-//! delete), `/1/Subscription/{id}/Status`, `/1/Subscription/{id}/Secret/Rotate`,
+//! delete), `/1/Subscription/{id}/Status`, `/1/Subscription/{id}/Series`,
+//! `/1/Subscription/{id}/Secret/Rotate`,
 //! `/1/EventNotificationAdmin` (get, set),
 //! `/1/Plugin` (upload, list), `/1/Plugin/{name}/{version}` (get, delete),
 //! `/1/Tenant` (create, list), `/1/Tenant/{id}` (get, replace, delete),
 //! `/1/Tenant/{id}/Token` (mint), `/1/Token` (mint own, list),
 //! `/1/Token/{id}` (revoke), `/metrics`, and the unauthenticated `/healthz`,
-//! `/readyz`, `/openapi.json` (the OpenAPI document, [`openapi`]) and `/docs`.
+//! `/readyz`, `/openapi.json` (the OpenAPI document, [`openapi`]), `/docs` and
+//! the status page (`/ui`, [`crate::ui`]).
 //! Other doors' routes (ingest's `/1/Topic/{topic}/Records` and `/log`, the
 //! bridge's `/1/ws`) are merged in by [`router_with`], behind the same
 //! authentication.
@@ -24,6 +26,7 @@ pub mod json;
 pub mod openapi;
 mod plugins;
 mod replay;
+mod series;
 pub mod server;
 mod subscriptions;
 mod tenants;
@@ -130,6 +133,7 @@ fn api_routes(upload_limit: usize) -> OpenApiRouter<AppState> {
             subscriptions::delete
         ))
         .routes(routes!(subscriptions::status))
+        .routes(routes!(series::series))
         .routes(routes!(replay::replay))
         .routes(routes!(replay::redrive))
         .routes(routes!(subscriptions::rotate_secret))
@@ -142,6 +146,8 @@ fn api_routes(upload_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(crate::ui::page))
+        .routes(routes!(crate::ui::asset))
 }
 
 /// Prometheus metrics, for the admin (they name every subscription).

@@ -164,6 +164,20 @@ pub struct RotatedSecret {
     pub previous_secret_expires_at: DateTime<Utc>,
 }
 
+/// `GET /1/Subscription/{id}/Series`: what the answering host delivered over
+/// the last `window_seconds`, in buckets of `bucket_seconds`, oldest first.
+#[derive(ToSchema)]
+pub struct SubscriptionSeries {
+    pub id: Uuid,
+    /// Always `WebhookSeries`.
+    pub kind: String,
+    /// The host whose figures these are (each host keeps its own).
+    pub host: String,
+    pub bucket_seconds: i64,
+    pub window_seconds: i64,
+    pub points: Vec<crate::delivery::series::Point>,
+}
+
 /// `POST /1/Subscription/{id}/Replay`: the consumer group the subscription
 /// moved to, and where it starts on each partition.
 #[derive(ToSchema)]

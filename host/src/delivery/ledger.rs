@@ -14,6 +14,10 @@
 //! misses one in the middle of a flush. A host that dies loses at most the
 //! last second of bookkeeping; delivery itself (offsets, dead letters) never
 //! depends on it.
+//!
+//! The same outcomes, and the latencies of delivered messages, also go into
+//! each subscription's [`Series`] of the last minutes on this host (never
+//! flushed: it is for the status page's plots, which read it as it is).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,7 @@ use tokio::sync::{RwLock, RwLockReadGuard};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::series::{Point, Series};
 use crate::registry::{ACTIVITY_RING, Activity, ActivityEntry, Bookkeeping, Counts, Registry};
 
 /// How often what accumulated is written.
@@ -34,6 +39,9 @@ pub struct Ledger {
     /// Held for writing while a flush moves entries from memory to the
     /// registry; readers that combine both hold it for reading.
     gate: Arc<RwLock<()>>,
+    /// Recent outcomes and latencies per subscription; a series with nothing
+    /// in its window is dropped at the next flush (a deleted subscription's).
+    series: Arc<Mutex<HashMap<Uuid, Series>>>,
 }
 
 #[derive(Default)]
@@ -54,8 +62,35 @@ impl Ledger {
             return;
         }
         crate::telemetry::messages(id, &counts);
+        let now = chrono::Utc::now().timestamp_millis();
+        self.series_of(id, |series| series.add_counts(now, counts));
         let mut pending = self.pending.lock().expect("ledger lock");
         pending.entry(id).or_default().counts += counts;
+    }
+
+    /// Records publish → delivery latency for the messages of a batch
+    /// delivered to subscription `id` now: `timestamps` are their Kafka
+    /// timestamps (ms since the epoch); messages without one are left out.
+    pub fn delivered(&self, id: Uuid, timestamps: impl Iterator<Item = Option<i64>>) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let latencies: Vec<i64> = timestamps.flatten().map(|at| (now - at).max(0)).collect();
+        crate::telemetry::latency(id, &latencies);
+        self.series_of(id, |series| series.add_latencies(now, &latencies));
+    }
+
+    fn series_of(&self, id: Uuid, change: impl FnOnce(&mut Series)) {
+        let mut series = self.series.lock().expect("series lock");
+        change(series.entry(id).or_default());
+    }
+
+    /// Subscription `id`'s buckets on this host over the window ending at
+    /// `now_ms`, oldest first (all empty when nothing happened here).
+    pub fn series(&self, id: Uuid, now_ms: i64) -> Vec<Point> {
+        let series = self.series.lock().expect("series lock");
+        match series.get(&id) {
+            Some(series) => series.points(now_ms),
+            None => Series::default().points(now_ms),
+        }
     }
 
     /// Records something that happened to subscription `id` now.
@@ -89,6 +124,7 @@ impl Ledger {
     /// Writes everything pending in one transaction. On failure it stays
     /// pending (merged with what came meanwhile) for the next flush.
     pub async fn flush(&self, registry: &Registry) {
+        self.forget_idle_series(chrono::Utc::now().timestamp_millis());
         let _gate = self.gate.write().await;
         let taken = self.take();
         if taken.is_empty() {
@@ -98,6 +134,11 @@ impl Ledger {
             tracing::warn!(error = %error, subscriptions = taken.len(), "Could not write delivery counters and activity; keeping them for the next try.");
             self.put_back(taken);
         }
+    }
+
+    fn forget_idle_series(&self, now_ms: i64) {
+        let mut series = self.series.lock().expect("series lock");
+        series.retain(|_, series| !series.is_idle(now_ms));
     }
 
     /// Everything pending, leaving nothing behind.
@@ -148,6 +189,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::series::{BUCKETS, WINDOW_MS};
     use crate::registry::ApiCall;
 
     fn call(code: u16) -> Activity {
@@ -198,6 +240,36 @@ mod tests {
             }
         );
         assert_eq!(ledger.pending(b).0, Counts::default());
+    }
+
+    #[test]
+    fn outcomes_and_latencies_go_into_the_series_until_it_is_idle() {
+        let ledger = Ledger::new();
+        let id = Uuid::new_v4();
+        ledger.add_counts(
+            id,
+            Counts {
+                delivered: 2,
+                ..Counts::default()
+            },
+        );
+        let now = chrono::Utc::now().timestamp_millis();
+        ledger.delivered(id, [Some(now - 50), None, Some(now - 150)].into_iter());
+        let points = ledger.series(id, chrono::Utc::now().timestamp_millis());
+        assert_eq!(points.iter().map(|p| p.delivered).sum::<i64>(), 2);
+        assert_eq!(points.iter().map(|p| p.latency_samples).sum::<u64>(), 2);
+        let worst = points
+            .iter()
+            .filter_map(|p| p.latency_max_ms)
+            .max()
+            .unwrap();
+        assert!((150..10_000).contains(&worst), "{worst}");
+        // Kept while in the window, forgotten once nothing is left in it.
+        ledger.forget_idle_series(now);
+        assert_eq!(ledger.series.lock().unwrap().len(), 1);
+        ledger.forget_idle_series(now + WINDOW_MS + 1);
+        assert!(ledger.series.lock().unwrap().is_empty());
+        assert_eq!(ledger.series(Uuid::new_v4(), now).len(), BUCKETS);
     }
 
     #[test]

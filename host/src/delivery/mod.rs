@@ -21,6 +21,8 @@
 //! - [`health`]: health transitions, recorded once across hosts, alerted on.
 //! - [`ledger`]: outcome counters and delivery attempts, kept in memory and
 //!   written to the registry once a second (not per batch).
+//! - [`series`]: the last minutes of outcomes and latency per subscription on
+//!   this host, in 10-second buckets (the status page's plots).
 //! - [`replay`]: delivering again from a time or offsets, by moving to the
 //!   subscription's next consumer group.
 //! - [`redrive`]: delivering again what the dead-letter topic holds.
@@ -47,6 +49,7 @@ pub mod redrive;
 pub mod replay;
 pub mod retry;
 pub mod sender;
+pub mod series;
 pub mod state;
 pub mod supervisor;
 

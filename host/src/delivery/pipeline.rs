@@ -720,11 +720,9 @@ impl Deliverer {
                 .record(self.id, Activity::ApiCall(attempt.call));
             let failure = match attempt.outcome {
                 Outcome::Delivered => {
-                    crate::telemetry::latency(
-                        self.id,
-                        ready.kept.iter().map(|r| r.timestamp),
-                        chrono::Utc::now().timestamp_millis(),
-                    );
+                    self.shared
+                        .ledger
+                        .delivered(self.id, ready.kept.iter().map(|r| r.timestamp));
                     if retry > 0 {
                         self.state.set(ConsumerState::Running, None);
                     }

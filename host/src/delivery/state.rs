@@ -80,6 +80,11 @@ impl ConsumerStates {
         }
     }
 
+    /// How this host names itself in status.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// This host's view of `subscription`, if a pipeline for it ran here.
     pub fn get(&self, subscription: Uuid) -> Option<ConsumerView> {
         let views = self.views.read().expect("consumer states lock");

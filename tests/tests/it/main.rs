@@ -25,3 +25,4 @@ mod secrets;
 mod ssrf;
 mod telemetry;
 mod topics;
+mod ui;

@@ -107,7 +107,10 @@ async fn the_document_and_the_docs_need_no_token_and_load_nothing_from_elsewhere
     // Every route but the public ones says it needs the bearer token.
     for (method, path) in operations(&document) {
         let security = &document["paths"][&path][method.to_lowercase()]["security"];
-        let public = matches!(path.as_str(), "/healthz" | "/readyz" | "/openapi.json");
+        let public = matches!(
+            path.as_str(),
+            "/healthz" | "/readyz" | "/openapi.json" | "/ui" | "/ui/{asset}"
+        );
         if public {
             assert!(security.is_null(), "{method} {path}: {security}");
         } else {
@@ -162,6 +165,7 @@ fn sample(parameter: &str) -> &'static str {
         "name" => "no-such-plugin",
         "version" => "1.0.0",
         "topic" => "no-such-topic",
+        "asset" => "app.js",
         other => panic!("no sample for the path parameter {other}: add one"),
     }
 }
@@ -353,6 +357,15 @@ async fn requests_and_real_answers_match_the_documented_schemas() {
         "/1/Subscription/{id}/Status",
         status,
         &state,
+    );
+    let (status, series) = app.get(&format!("{path}/Series")).await;
+    assert_eq!(series["points"].as_array().unwrap().len(), 90, "{series}");
+    assert_answer(
+        &document,
+        "get",
+        "/1/Subscription/{id}/Series",
+        status,
+        &series,
     );
     let (status, rotated) = app.post(&format!("{path}/Secret/Rotate"), &json!({})).await;
     assert_eq!(status, ok, "{rotated}");
