@@ -92,6 +92,35 @@ pub struct ErrorAnswer {
     pub reference: Option<Uuid>,
 }
 
+/// The error answers of both ingest doors (`POST /1/Topic/{topic}/Records`
+/// and `POST /log`), which read, check and produce through the same code;
+/// each door documents its own 404.
+#[derive(utoipa::IntoResponses)]
+pub enum ProduceErrors {
+    #[response(
+        status = 400,
+        description = "Not JSON, a bad key path, header or query"
+    )]
+    BadRequest(ErrorAnswer),
+    #[response(status = 401, description = "No usable bearer token")]
+    Unauthorized(ErrorAnswer),
+    #[response(status = 403, description = "A topic the tenant may not produce to")]
+    Forbidden(ErrorAnswer),
+    #[response(status = 408, description = "The body did not arrive in time")]
+    Timeout(ErrorAnswer),
+    #[response(
+        status = 413,
+        description = "A record, the body or the batch's count is over its limit"
+    )]
+    TooLarge(ErrorAnswer),
+    #[response(status = 415, description = "The body is not application/json")]
+    UnsupportedType(ErrorAnswer),
+    #[response(status = 502, description = "The brokers refused the record")]
+    Refused(ErrorAnswer),
+    #[response(status = 503, description = "The brokers do not answer in time")]
+    Unavailable(ErrorAnswer),
+}
+
 /// A subscription as answers show it: secret header values and
 /// `secret_config` values masked (`********`).
 #[derive(ToSchema)]

@@ -59,14 +59,7 @@ use crate::domain::TopicName;
         (status = 207, description = "A batch in which some lines failed (each with its \
             `status`, `code` and `message`)", body = String, content_type = "application/x-ndjson"),
         (status = 404, description = "No such topic or partition", body = crate::api::openapi::ErrorAnswer),
-        (status = 400, description = "Not JSON, a bad key path, header or query", body = crate::api::openapi::ErrorAnswer),
-        (status = 401, description = "No usable bearer token", body = crate::api::openapi::ErrorAnswer),
-        (status = 403, description = "A topic the tenant may not produce to", body = crate::api::openapi::ErrorAnswer),
-        (status = 408, description = "The body did not arrive in time", body = crate::api::openapi::ErrorAnswer),
-        (status = 413, description = "A record, the body or the batch's count is over its limit", body = crate::api::openapi::ErrorAnswer),
-        (status = 415, description = "The body is not application/json", body = crate::api::openapi::ErrorAnswer),
-        (status = 502, description = "The brokers refused the record", body = crate::api::openapi::ErrorAnswer),
-        (status = 503, description = "The brokers do not answer in time", body = crate::api::openapi::ErrorAnswer),
+        crate::api::openapi::ProduceErrors,
     ),
     security(("bearer" = []))
 )]
