@@ -230,6 +230,12 @@ pub struct Cli {
     #[arg(long, env = "WASMHOOK_FETCH_WAIT", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
     pub fetch_wait: Duration,
 
+    /// How long a subscription must have had nothing to deliver, on any
+    /// host, before its consumer is closed until a message arrives (it
+    /// leaves its group and costs no threads meanwhile); `0s`: never.
+    #[arg(long, env = "WASMHOOK_HIBERNATE_AFTER", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub hibernate_after: Duration,
+
     /// How often each consumer's lag per partition is refreshed (shown in status).
     #[arg(long, env = "WASMHOOK_LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub lag_interval: Duration,
@@ -949,6 +955,8 @@ pub struct DeliverySettings {
     pub lag_interval: Duration,
     /// `fetch.wait.max.ms` of every consumer.
     pub fetch_wait: Duration,
+    /// Quiet time before a subscription's consumer hibernates; `None`: never.
+    pub hibernate_after: Option<Duration>,
     /// Plugin settings live here rather than in [`Settings`] because this
     /// struct has a `Default`, which the tests and the load test build on.
     pub plugins: RuntimeSettings,
@@ -977,6 +985,7 @@ impl Default for DeliverySettings {
             assignment_strategy: AssignmentStrategy::CooperativeSticky,
             lag_interval: Duration::from_secs(5),
             fetch_wait: Duration::from_millis(100),
+            hibernate_after: Some(Duration::from_secs(60)),
             plugins: RuntimeSettings::default(),
             destinations: DestinationPolicy::public_only(),
             dead_letter_topic: TopicLayout::default(),
@@ -1257,6 +1266,7 @@ impl Cli {
                 assignment_strategy: self.assignment_strategy,
                 lag_interval: self.lag_interval,
                 fetch_wait: self.fetch_wait,
+                hibernate_after: (!self.hibernate_after.is_zero()).then_some(self.hibernate_after),
                 dead_letter_topic: self.dead_letter_topic(false),
                 kafka_admin_timeout: self.kafka_admin_timeout,
                 plugins: RuntimeSettings {

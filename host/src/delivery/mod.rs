@@ -14,6 +14,8 @@
 //! - [`record`], [`filter`], [`batcher`], [`retry`]: small pure stages, tested alone.
 //! - [`failure`]: why an attempt failed, typed until it becomes text.
 //! - [`state`]: each pipeline's consumer state and lag on this host (status).
+//! - [`hibernation`]: a subscription with nothing to deliver anywhere closes
+//!   its consumer until a host-wide watcher sees a message arrive for it.
 //! - [`plugins`]: the pipeline's plugin instances, and what their answers
 //!   mean for each message; a plugin failure fails the attempt.
 //! - [`sender`]: one webhook request, signed, with its activity record.
@@ -41,6 +43,7 @@ pub mod dead_letter;
 pub mod failure;
 pub mod filter;
 pub mod health;
+pub mod hibernation;
 pub mod ledger;
 pub mod pipeline;
 pub mod plugins;

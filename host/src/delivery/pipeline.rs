@@ -46,6 +46,7 @@ use super::dead_letter::{self, DeadLetters};
 use super::failure::DeliveryFailure;
 use super::filter::SourceFilters;
 use super::health::HealthKeeper;
+use super::hibernation::{self, Marks};
 use super::plugins::PluginStages;
 use super::record::{self, Record};
 use super::retry::RetrySchedule;
@@ -72,6 +73,8 @@ pub struct Shared {
     pub ledger: super::ledger::Ledger,
     /// Creates a dead-letter topic found missing, with this layout.
     pub dead_letter_topics: (Topics, TopicLayout),
+    /// Wakes hibernating pipelines when messages arrive for them.
+    pub hibernation: hibernation::Watcher,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,16 @@ pub enum PipelineError {
     Tenant(String),
     #[error("the delivery task ended abnormally: {0}")]
     Delivery(String),
+}
+
+/// How a pipeline ended without an error.
+#[derive(Debug)]
+pub enum Ended {
+    /// Stopped from outside (delete, update, offline, shutdown).
+    Stopped,
+    /// Nothing left to deliver anywhere: its consumer is closed until a
+    /// message arrives past these marks ([`super::hibernation`]).
+    Hibernated(Marks),
 }
 
 /// What to do after a failed attempt.
@@ -147,18 +160,19 @@ impl Pipeline {
         })
     }
 
-    pub async fn run(self, stop: CancellationToken) -> Result<(), PipelineError> {
+    pub async fn run(self, stop: CancellationToken) -> Result<Ended, PipelineError> {
         let state = self.state.clone();
         state.set(ConsumerState::Starting, None);
         let result = self.consume(stop).await;
         match &result {
-            Ok(()) => state.set(ConsumerState::Stopped, None),
+            Ok(Ended::Stopped) => state.set(ConsumerState::Stopped, None),
+            Ok(Ended::Hibernated(_)) => state.hibernating(),
             Err(error) => state.set(ConsumerState::Failed, Some(error.to_string())),
         }
         result
     }
 
-    async fn consume(mut self, stop: CancellationToken) -> Result<(), PipelineError> {
+    async fn consume(mut self, stop: CancellationToken) -> Result<Ended, PipelineError> {
         let mut deliverer = self.deliverer.take().expect("a pipeline runs once");
         deliverer.arm(self.tenant, &self.spec).await?;
 
@@ -178,14 +192,21 @@ impl Pipeline {
 
         let result = self.run_loop(deliverer, &consumer, &stop).await;
         // Nothing is delivered from here on; closing may take a round trip.
-        self.state.set(ConsumerState::Stopped, None);
+        if !matches!(result, Ok(Ended::Hibernated(_))) {
+            self.state.set(ConsumerState::Stopped, None);
+        }
 
         // Closing a consumer commits what was stored and leaves the group, which
         // blocks on round trips (or for as long as the broker is unreachable). A
         // successor in the same group should join after it left, but shutdown
         // must not hang on a dead broker.
         let _ = off_runtime(CLOSE_TIMEOUT, move || drop(consumer)).await;
-        tracing::info!(subscription = %self.id, "Pipeline stopped.");
+        match &result {
+            Ok(Ended::Hibernated(_)) => {
+                tracing::info!(subscription = %self.id, "Pipeline hibernating: nothing to deliver; its consumer is closed until a message arrives.");
+            }
+            _ => tracing::info!(subscription = %self.id, "Pipeline stopped."),
+        }
         result
     }
 
@@ -194,7 +215,7 @@ impl Pipeline {
         deliverer: Deliverer,
         consumer: &Arc<PipelineConsumer>,
         stop: &CancellationToken,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Ended, PipelineError> {
         let context = consumer.context();
         let filters = SourceFilters::new(&self.spec);
         let batching = self.spec.configuration.batching;
@@ -213,6 +234,19 @@ impl Pipeline {
         let mut consumer_errors = ConsumerErrors::default();
         let mut commit_tick = tokio::time::interval(COMMIT_CHECK_INTERVAL);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Hibernation: once the consumer joined its group, with nothing in
+        // hand, the subscription's partitions are looked at every half
+        // `hibernate_after`; two looks in a row that find it caught up
+        // everywhere with the same marks put it to sleep. A look runs beside
+        // the loop (the consumer must go on being polled: rebalances are
+        // served from `recv`); any activity drops it and starts the count again.
+        let look_every = self.shared.settings.hibernate_after.map(|after| after / 2);
+        let topics: Vec<String> = self.spec.topics().into_iter().map(str::to_string).collect();
+        let mut joined = false;
+        let mut last_activity = Instant::now();
+        let mut looking: Option<JoinHandle<Option<Marks>>> = None;
+        let mut quiet: Option<Marks> = None;
+        let mut ended = Ended::Stopped;
 
         loop {
             // Hand the oldest batch to delivery as soon as both are ready.
@@ -247,6 +281,8 @@ impl Pipeline {
                 _ = stop.cancelled() => break,
                 done = async { (&mut in_flight.as_mut().expect("guarded").task).await }, if in_flight.is_some() => {
                     in_flight = None;
+                    last_activity = Instant::now();
+                    drop_look(&mut looking);
                     crate::telemetry::in_flight(self.id, 0);
                     let (deliverer, positions) = done.map_err(|e| PipelineError::Delivery(e.to_string()))?;
                     idle = Some(deliverer);
@@ -259,6 +295,10 @@ impl Pipeline {
                     commits_blocked = self.check_commits(consumer, commits_blocked);
                 }
                 _ = context.rebalanced.notified() => {
+                    joined = true;
+                    last_activity = Instant::now();
+                    quiet = None;
+                    drop_look(&mut looking);
                     ready.retain_owned(context);
                     let ownership = context.ownership();
                     let dropped = batcher.retain_owned(|key, epoch| ownership.holds(key, epoch));
@@ -297,7 +337,27 @@ impl Pipeline {
                     commits_blocked = self.check_commits(consumer, commits_blocked);
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                _ = sleep_until(last_activity + look_every.unwrap_or_default()),
+                    if look_every.is_some() && joined && looking.is_none() && in_flight.is_none()
+                        && ready.is_empty() && batcher.is_empty() && !commits_blocked =>
+                {
+                    looking = Some(tokio::spawn(look(self.id, topics.clone(), consumer.clone())));
+                }
+                looked = async { looking.as_mut().expect("guarded").await }, if looking.is_some() => {
+                    looking = None;
+                    last_activity = Instant::now();
+                    match looked.ok().flatten() {
+                        Some(marks) if quiet.as_ref() == Some(&marks) => {
+                            ended = Ended::Hibernated(marks);
+                            break;
+                        }
+                        marks => quiet = marks,
+                    }
+                }
                 received = consumer.recv() => {
+                    last_activity = Instant::now();
+                    quiet = None;
+                    drop_look(&mut looking);
                     let message = match received {
                         Ok(message) => Record::from_kafka(&message),
                         Err(error) => {
@@ -338,6 +398,7 @@ impl Pipeline {
             }
         }
 
+        drop_look(&mut looking);
         crate::telemetry::in_flight(self.id, 0);
         // Stopping: the batch in flight gets until the grace period ends (the
         // supervisor aborts us then); if it became final, it is stored and
@@ -348,7 +409,7 @@ impl Pipeline {
                 consumer::store_and_commit(consumer, &positions);
             }
         }
-        Ok(())
+        Ok(ended)
     }
 
     /// Updates the back-pressure on commits: after repeated failures nothing
@@ -368,6 +429,47 @@ impl Pipeline {
             self.state.set(ConsumerState::Running, None);
         }
         block
+    }
+}
+
+/// Looks whether subscription `id` is caught up everywhere (nothing is in
+/// hand here when this is called): commits what this consumer may commit,
+/// and returns the marks to sleep with, or `None` while something is still
+/// to be delivered or committed.
+async fn look(id: Uuid, topics: Vec<String>, consumer: Arc<PipelineConsumer>) -> Option<Marks> {
+    let looking = consumer;
+    let watched = topics.clone();
+    let looked = off_runtime(hibernation::KAFKA_TIMEOUT * 4, move || {
+        let facts = hibernation::read_facts(looking.as_ref(), &topics, hibernation::KAFKA_TIMEOUT)?;
+        let look = hibernation::verdict(&facts);
+        hibernation::commit(looking.as_ref(), &look.commit)?;
+        Ok::<_, KafkaError>(look)
+    })
+    .await;
+    match looked {
+        Some(Ok(look)) => match look.busy {
+            None => Some(Marks {
+                topics: watched,
+                highs: look.highs,
+            }),
+            Some(reason) => {
+                tracing::debug!(subscription = %id, reason, "Not hibernating yet.");
+                None
+            }
+        },
+        Some(Err(error)) => {
+            tracing::debug!(subscription = %id, error = %error, "Could not look whether the subscription may hibernate.");
+            None
+        }
+        None => None,
+    }
+}
+
+/// Drops a look under way: something happened since it began. (What it
+/// commits, if it gets that far, was delivered when it read it.)
+fn drop_look(looking: &mut Option<JoinHandle<Option<Marks>>>) {
+    if let Some(look) = looking.take() {
+        look.abort();
     }
 }
 
@@ -854,7 +956,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// most `timeout`; `None` when it did not finish in time. A plain thread, not
 /// tokio's blocking pool: a call stuck on an unreachable broker must not keep
 /// the runtime (and so the process) from shutting down.
-async fn off_runtime<T: Send + 'static>(
+pub(super) async fn off_runtime<T: Send + 'static>(
     timeout: Duration,
     call: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {

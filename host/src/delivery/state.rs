@@ -27,6 +27,9 @@ pub enum ConsumerState {
     Paused,
     /// A batch failed and waits for its next attempt (polling goes on).
     Retrying,
+    /// Nothing to deliver anywhere: the consumer is closed (it left its
+    /// group) until a message arrives, then it starts again.
+    Hibernating,
     /// Stopped (switched off, updated, deleted, or the host shuts down).
     Stopped,
     /// Could not start or ended with an error; restarted at the next reconcile.
@@ -140,6 +143,18 @@ impl StateHandle {
     pub fn state(&self) -> Option<ConsumerState> {
         let views = self.states.views.read().expect("consumer states lock");
         views.get(&self.subscription).map(|view| view.state)
+    }
+
+    /// Moves to [`ConsumerState::Hibernating`]: no partition is held, and
+    /// none has lag (it sleeps only when caught up).
+    pub fn hibernating(&self) {
+        self.states.update(self.subscription, |view| {
+            for (topic, partition) in view.partitions.keys() {
+                crate::telemetry::lag(self.subscription, topic, *partition, 0);
+            }
+            view.partitions.clear();
+        });
+        self.set(ConsumerState::Hibernating, None);
     }
 
     pub fn forget_partitions(&self, partitions: &[PartitionKey]) {

@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use super::alert::Alerter;
 use super::dead_letter::DeadLetters;
-use super::pipeline::{Pipeline, Shared};
+use super::pipeline::{Ended, Pipeline, Shared};
 use super::sender::Sender;
-use super::state::ConsumerStates;
+use super::state::{ConsumerState, ConsumerStates};
 use crate::config::Settings;
 use crate::registry::{Fingerprint, PlatformStatus, Registry, StoredSubscription};
 
@@ -82,6 +82,7 @@ impl Supervisor {
             engine,
             states,
             ledger,
+            hibernation: super::hibernation::Watcher::new(settings.kafka.clone()),
             dead_letter_topics: (
                 crate::kafka::Topics::new(&settings.kafka, delivery_admin_timeout)?,
                 dead_letter_layout,
@@ -102,6 +103,7 @@ impl Supervisor {
 
     pub async fn run(mut self, stop: CancellationToken) {
         let interval = self.shared.settings.reconcile_interval;
+        self.shared.hibernation.spawn(stop.clone());
         self.shared
             .registry
             .listen_for_changes(self.changes.clone(), stop.clone());
@@ -198,15 +200,44 @@ impl Supervisor {
             }
         };
         let token = stop.clone();
+        let shared = self.shared.clone();
+        let revision = subscription.revision;
         let task = tokio::spawn(async move {
-            if let Err(error) = pipeline.run(token).await {
-                tracing::error!(subscription = %id, error = %error, "Pipeline failed; it restarts at the next reconcile.");
+            let mut pipeline = pipeline;
+            loop {
+                match pipeline.run(token.clone()).await {
+                    Ok(Ended::Stopped) => break,
+                    // Asleep until a message arrives for it (or stopped:
+                    // deleted, updated, offline, shutdown). Then the same
+                    // subscription starts again in the same group.
+                    Ok(Ended::Hibernated(marks)) => {
+                        tokio::select! {
+                            _ = token.cancelled() => {
+                                shared.states.handle(id).set(ConsumerState::Stopped, None);
+                                break;
+                            }
+                            _ = shared.hibernation.until_new_messages(marks) => {}
+                        }
+                        tracing::info!(subscription = %id, "Messages arrived; waking the pipeline.");
+                        pipeline = match Pipeline::new(&subscription, shared.clone()) {
+                            Ok(p) => p,
+                            Err(error) => {
+                                tracing::error!(subscription = %id, error = %error, "Pipeline could not be built; it restarts at the next reconcile.");
+                                break;
+                            }
+                        };
+                    }
+                    Err(error) => {
+                        tracing::error!(subscription = %id, error = %error, "Pipeline failed; it restarts at the next reconcile.");
+                        break;
+                    }
+                }
             }
         });
         self.running.insert(
             id,
             Running {
-                revision: subscription.revision,
+                revision,
                 stop,
                 task,
             },

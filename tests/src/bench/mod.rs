@@ -16,7 +16,9 @@
 //!   `--latency-rate` per second for `--latency-duration`; publish → receipt
 //!   p50 / p99 / max.
 //! - **idle**: `--idle-subscriptions` subscriptions on topics that receive
-//!   nothing; once all run: resident memory, threads, and CPU over `--idle-window`.
+//!   nothing; once all are in `--idle-state` (hibernating, by default: the
+//!   child's `--hibernate-after` has passed; or running): resident memory,
+//!   threads, and CPU over `--idle-window`.
 //!
 //! It prints the figures, then the same as one JSON line; it exits 1 when a
 //! scenario measured nothing (nothing delivered, not everything consumed).
@@ -81,7 +83,11 @@ pub struct Options {
     /// Idle: how many subscriptions.
     #[arg(long, default_value_t = 1000)]
     pub idle_subscriptions: usize,
-    /// Idle: how long CPU time is measured once they all run.
+    /// Idle: the consumer state every subscription must be in before
+    /// measuring (`running` needs `--wasmhook-arg=--hibernate-after=0s`).
+    #[arg(long, value_enum, default_value = "hibernating")]
+    pub idle_state: IdleState,
+    /// Idle: how long CPU time is measured once they all are in that state.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_window: Duration,
     /// How long any one wait (delivery, start-up) may take before the run fails.
@@ -98,6 +104,24 @@ pub enum Scenario {
     Throughput,
     Latency,
     Idle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleState {
+    /// Each consumer closed until a message arrives (`--hibernate-after`).
+    Hibernating,
+    /// Each consumer in its group, fetching.
+    Running,
+}
+
+impl IdleState {
+    fn as_status(self) -> &'static str {
+        match self {
+            IdleState::Hibernating => "hibernating",
+            IdleState::Running => "running",
+        }
+    }
 }
 
 /// One throughput run: bare consumers or wasmhook with a filter.
@@ -127,6 +151,8 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct Idle {
     pub subscriptions: usize,
+    /// The state they were waited for, and how many reached it.
+    pub state: IdleState,
     pub running: usize,
     pub rss_mib: f64,
     pub threads: u64,
@@ -606,14 +632,13 @@ impl Bench {
             started.elapsed().as_secs_f64()
         );
         let deadline = Instant::now() + o.timeout;
+        let wanted = o.idle_state.as_status();
         let mut running = 0;
         while Instant::now() < deadline {
             running = futures::stream::iter(&ids)
                 .map(|id| self.consumer_state(id))
                 .buffer_unordered(16)
-                .filter(|state| {
-                    futures::future::ready(matches!(state, Ok(Some(s)) if s == "running"))
-                })
+                .filter(|state| futures::future::ready(matches!(state, Ok(Some(s)) if s == wanted)))
                 .count()
                 .await;
             if running == ids.len() {
@@ -622,14 +647,14 @@ impl Bench {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         eprintln!(
-            "{running} of {} idle subscriptions run ({:.1} s after the first was created); measuring for {:?}.",
+            "{running} of {} idle subscriptions {wanted} ({:.1} s after the first was created); measuring for {:?}.",
             ids.len(),
             started.elapsed().as_secs_f64(),
             o.idle_window
         );
         if running < ids.len() {
             failures.push(format!(
-                "idle: only {running} of {} subscriptions were running within {:?}",
+                "idle: only {running} of {} subscriptions were {wanted} within {:?}",
                 ids.len(),
                 o.timeout
             ));
@@ -641,6 +666,7 @@ impl Bench {
         let window = window_start.elapsed().as_secs_f64();
         Ok(Idle {
             subscriptions: ids.len(),
+            state: o.idle_state,
             running,
             rss_mib: after.rss_bytes as f64 / (1024.0 * 1024.0),
             threads: after.threads,
@@ -796,8 +822,8 @@ pub fn describe(options: &Options, report: &Report) -> String {
     }
     if let Some(i) = &report.idle {
         text.push_str(&format!(
-            "idle: {} subscriptions ({} running): RSS {:.0} MiB, {} threads, {:.1} % of a core over {:.0} s\n",
-            i.subscriptions, i.running, i.rss_mib, i.threads, i.cpu_percent, i.window_seconds
+            "idle: {} subscriptions ({} {}): RSS {:.0} MiB, {} threads, {:.1} % of a core over {:.0} s\n",
+            i.subscriptions, i.running, i.state.as_status(), i.rss_mib, i.threads, i.cpu_percent, i.window_seconds
         ));
     }
     text

@@ -12,6 +12,7 @@ mod delivery;
 mod fuzz;
 mod hardening;
 mod helpers;
+mod hibernation;
 mod hosts;
 mod ingest;
 mod kafka_connection;
