@@ -15,7 +15,7 @@ pub use access::{
 };
 pub use fields::{
     Active, AlertChannel, BatchBytes, BatchInterval, BatchSize, BodyFormat, EmailAddress,
-    FixedDelay, HeaderLine, JmesFilter, MASK, MaxRetries, RateLimit, RetryAlgorithm,
+    FixedDelay, HeaderLine, JmesFilter, MASK, MaxInFlightBatches, MaxRetries, RateLimit, RetryAlgorithm,
     SubscriptionName, TopicName, WebhookUrl,
 };
 pub use plugin::{
