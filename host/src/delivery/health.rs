@@ -173,14 +173,20 @@ impl LaneHealth {
             shared: shared.clone(),
             from,
         };
-        let lanes = (0..lanes).map(|lane| reporter(Reporter::Lane(lane))).collect();
+        let lanes = (0..lanes)
+            .map(|lane| reporter(Reporter::Lane(lane)))
+            .collect();
         (lanes, reporter(Reporter::Pipeline))
     }
 
     /// Whether this lane has a batch in flight.
     pub fn busy(&self, busy: bool) {
         if let Reporter::Lane(lane) = self.from {
-            self.shared.board.lock().expect("health board lock").busy(lane, busy);
+            self.shared
+                .board
+                .lock()
+                .expect("health board lock")
+                .busy(lane, busy);
         }
     }
 
@@ -215,14 +221,27 @@ mod tests {
     fn with_one_lane_the_last_outcome_decides() {
         let mut board = Board::new(1);
         board.busy(0, true);
-        assert_eq!(board.report(Reporter::Lane(0), unhealthy("dead-lettered")), unhealthy("dead-lettered"));
-        assert_eq!(board.report(Reporter::Lane(0), Transition::Recovered), Transition::Recovered);
-        assert_eq!(board.report(Reporter::Pipeline, unhealthy("consumer")), unhealthy("consumer"));
-        assert_eq!(board.report(Reporter::Lane(0), Transition::Recovered), Transition::Recovered);
+        assert_eq!(
+            board.report(Reporter::Lane(0), unhealthy("dead-lettered")),
+            unhealthy("dead-lettered")
+        );
+        assert_eq!(
+            board.report(Reporter::Lane(0), Transition::Recovered),
+            Transition::Recovered
+        );
+        assert_eq!(
+            board.report(Reporter::Pipeline, unhealthy("consumer")),
+            unhealthy("consumer")
+        );
+        assert_eq!(
+            board.report(Reporter::Lane(0), Transition::Recovered),
+            Transition::Recovered
+        );
     }
 
     #[test]
-    fn a_lane_still_failing_its_batch_keeps_the_subscription_unhealthy_whatever_the_others_deliver() {
+    fn a_lane_still_failing_its_batch_keeps_the_subscription_unhealthy_whatever_the_others_deliver()
+    {
         let mut board = Board::new(2);
         board.busy(0, true);
         board.busy(1, true);
@@ -232,7 +251,10 @@ mod tests {
             unhealthy("plugin suspended"),
             "lane 1 delivering does not flap it"
         );
-        assert_eq!(board.report(Reporter::Lane(0), Transition::Recovered), Transition::Recovered);
+        assert_eq!(
+            board.report(Reporter::Lane(0), Transition::Recovered),
+            Transition::Recovered
+        );
     }
 
     #[test]
@@ -241,7 +263,10 @@ mod tests {
         board.busy(0, true);
         board.report(Reporter::Lane(0), unhealthy("dead-lettered"));
         board.busy(0, false);
-        assert_eq!(board.report(Reporter::Lane(1), Transition::Recovered), Transition::Recovered);
+        assert_eq!(
+            board.report(Reporter::Lane(1), Transition::Recovered),
+            Transition::Recovered
+        );
     }
 
     #[test]
@@ -250,13 +275,19 @@ mod tests {
         (0..3).for_each(|lane| board.busy(lane, true));
         board.report(Reporter::Lane(0), unhealthy("a"));
         board.report(Reporter::Lane(2), unhealthy("c"));
-        assert_eq!(board.report(Reporter::Lane(0), Transition::Recovered), unhealthy("c"));
+        assert_eq!(
+            board.report(Reporter::Lane(0), Transition::Recovered),
+            unhealthy("c")
+        );
     }
 
     #[test]
     fn trouble_of_the_whole_pipeline_is_recovered_by_any_lane() {
         let mut board = Board::new(2);
         board.report(Reporter::Pipeline, unhealthy("brokers unreachable"));
-        assert_eq!(board.report(Reporter::Lane(1), Transition::Recovered), Transition::Recovered);
+        assert_eq!(
+            board.report(Reporter::Lane(1), Transition::Recovered),
+            Transition::Recovered
+        );
     }
 }

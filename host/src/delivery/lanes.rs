@@ -170,8 +170,10 @@ impl Lanes {
     }
 
     /// Hands each idle lane its oldest waiting batch, or its open batch once
-    /// due (only what is still owned in its epoch goes).
-    pub(super) fn hand_off(&mut self, context: &PipelineContext, stop: &CancellationToken) {
+    /// due (only what is still owned in its epoch goes). Returns whether any
+    /// lane took one.
+    pub(super) fn hand_off(&mut self, context: &PipelineContext, stop: &CancellationToken) -> bool {
+        let mut started = false;
         for (index, lane) in self.lanes.iter_mut().enumerate() {
             if lane.in_flight.is_some() {
                 continue;
@@ -187,7 +189,9 @@ impl Lanes {
                 .take()
                 .expect("the deliverer is idle without a batch");
             lane.in_flight = Some(InFlight::start(deliverer, flush, stop.child_token()));
+            started = true;
         }
+        started
     }
 
     /// How many lanes have a batch in flight.
@@ -195,14 +199,19 @@ impl Lanes {
         self.lanes.iter().filter(|l| l.in_flight.is_some()).count()
     }
 
-    /// Takes a consumed message, fetched in ownership `epoch`, into its
-    /// lane's open batch (`passes`: the filters kept it; else it only moves
-    /// the position). A full batch that cannot go now (its lane is busy, or
-    /// `held`: hand-offs are held) waits its turn.
-    pub(super) fn take(&mut self, message: Record, epoch: u64, passes: bool, held: bool) {
-        let index = self
-            .map
-            .route(&(message.topic.clone(), message.partition));
+    /// Takes a consumed message of partition `key`, fetched in ownership
+    /// `epoch`, into its lane's open batch (`passes`: the filters kept it;
+    /// else it only moves the position). A full batch that cannot go now (its
+    /// lane is busy, or `held`: hand-offs are held) waits its turn.
+    pub(super) fn take(
+        &mut self,
+        key: &PartitionKey,
+        message: Record,
+        epoch: u64,
+        passes: bool,
+        held: bool,
+    ) {
+        let index = self.map.route(key);
         let lane = &mut self.lanes[index];
         if passes {
             if let Some(closed) = lane.batcher.push(message, epoch, Instant::now()) {

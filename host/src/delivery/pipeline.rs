@@ -200,8 +200,7 @@ impl Pipeline {
 
         loop {
             // Hand each lane's oldest batch to delivery as soon as both are ready.
-            if !commits_blocked {
-                lanes.hand_off(context, stop);
+            if !commits_blocked && lanes.hand_off(context, stop) {
                 crate::telemetry::in_flight(self.id, lanes.in_flight());
             }
             // Fetching pauses while commits fail or while the batches waiting
@@ -289,7 +288,7 @@ impl Pipeline {
                     // Into its partition's lane; a full batch waits its
                     // turn there while the lane (or committing) is busy.
                     let passes = filters.passes(&message);
-                    lanes.take(message, epoch, passes, commits_blocked);
+                    lanes.take(&key, message, epoch, passes, commits_blocked);
 
                 }
             }

@@ -651,7 +651,10 @@ mod tests {
     #[test]
     fn batches_in_flight_run_from_one_to_sixty_four() {
         assert!(MaxInFlightBatches::parse(0).is_err());
-        assert_eq!(MaxInFlightBatches::parse(1).unwrap(), MaxInFlightBatches::ONE);
+        assert_eq!(
+            MaxInFlightBatches::parse(1).unwrap(),
+            MaxInFlightBatches::ONE
+        );
         assert_eq!(MaxInFlightBatches::parse(64).unwrap().get(), 64);
         let error = MaxInFlightBatches::parse(65).unwrap_err();
         assert!(error.contains("between 1 and 64"), "{error}");

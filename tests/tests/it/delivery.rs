@@ -920,7 +920,10 @@ async fn with_two_batches_in_flight_a_partition_held_up_does_not_hold_up_the_oth
     body["configuration"]["batching"]["max_in_flight_batches"] = json!(2);
     let id = sys.app.subscribe(&body).await;
     let (_, shown) = sys.app.get(&format!("/1/Subscription/{id}")).await;
-    assert_eq!(shown["configuration"]["batching"]["max_in_flight_batches"], 2);
+    assert_eq!(
+        shown["configuration"]["batching"]["max_in_flight_batches"],
+        2
+    );
 
     // Two lanes: partition 1 is delivered while partition 0's request is held.
     sys.receiver.hold("lanes", 0);
