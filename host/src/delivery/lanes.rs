@@ -63,7 +63,7 @@ impl LaneMap {
 
     /// The lane of `key`: the one it is bound to, else the lane holding the
     /// fewest partitions (the first of those), which it is bound to from now on.
-    pub fn route(&mut self, key: &PartitionKey) -> usize {
+    pub fn lane_for(&mut self, key: &PartitionKey) -> usize {
         if let Some(&lane) = self.bound.get(key) {
             return lane;
         }
@@ -211,7 +211,7 @@ impl Lanes {
         passes: bool,
         held: bool,
     ) {
-        let index = self.map.route(key);
+        let index = self.map.lane_for(key);
         let lane = &mut self.lanes[index];
         if passes {
             if let Some(closed) = lane.batcher.push(message, epoch, Instant::now()) {
@@ -437,9 +437,9 @@ mod tests {
     #[test]
     fn one_lane_takes_every_partition() {
         let mut map = LaneMap::new(1);
-        assert_eq!(map.route(&key("t", 0)), 0);
-        assert_eq!(map.route(&key("t", 7)), 0);
-        assert_eq!(map.route(&key("u", 0)), 0);
+        assert_eq!(map.lane_for(&key("t", 0)), 0);
+        assert_eq!(map.lane_for(&key("t", 7)), 0);
+        assert_eq!(map.lane_for(&key("u", 0)), 0);
     }
 
     #[test]
@@ -448,7 +448,7 @@ mod tests {
         // Every other partition, as a group of two members assigns them.
         let lanes: Vec<usize> = [0, 2, 4, 6]
             .iter()
-            .map(|&p| map.route(&key("t", p)))
+            .map(|&p| map.lane_for(&key("t", p)))
             .collect();
         assert_eq!(lanes, [0, 1, 0, 1]);
     }
@@ -456,11 +456,11 @@ mod tests {
     #[test]
     fn a_partition_stays_in_its_lane_while_the_lane_holds_some_of_it() {
         let mut map = LaneMap::new(2);
-        assert_eq!(map.route(&key("t", 0)), 0);
-        assert_eq!(map.route(&key("t", 1)), 1);
+        assert_eq!(map.lane_for(&key("t", 0)), 0);
+        assert_eq!(map.lane_for(&key("t", 1)), 1);
         map.release(0, |_| true);
-        assert_eq!(map.route(&key("t", 0)), 0, "still held: not moved");
-        assert_eq!(map.route(&key("t", 2)), 0, "ties go to the first lane");
+        assert_eq!(map.lane_for(&key("t", 0)), 0, "still held: not moved");
+        assert_eq!(map.lane_for(&key("t", 2)), 0, "ties go to the first lane");
         assert_eq!(map.lane_of(&key("t", 2)), Some(0));
     }
 
@@ -468,16 +468,16 @@ mod tests {
     fn a_released_partition_goes_to_the_least_loaded_lane_next_time() {
         let mut map = LaneMap::new(2);
         for p in 0..4 {
-            map.route(&key("t", p));
+            map.lane_for(&key("t", p));
         }
         // Lane 0 holds 0 and 2, lane 1 holds 1 and 3; 1 and 3 are done.
         map.release(1, |_| false);
         assert_eq!(map.lane_of(&key("t", 1)), None);
-        assert_eq!(map.route(&key("t", 3)), 1);
-        assert_eq!(map.route(&key("t", 1)), 1, "1 holds one, 0 holds two");
+        assert_eq!(map.lane_for(&key("t", 3)), 1);
+        assert_eq!(map.lane_for(&key("t", 1)), 1, "1 holds one, 0 holds two");
         map.release(0, |k| k.1 != 2);
         assert_eq!(
-            map.route(&key("t", 2)),
+            map.lane_for(&key("t", 2)),
             0,
             "lane 0 is down to one partition: the first of the least loaded"
         );
@@ -487,7 +487,7 @@ mod tests {
     fn releasing_one_lane_leaves_the_others_bound() {
         let mut map = LaneMap::new(3);
         for p in 0..3 {
-            map.route(&key("t", p));
+            map.lane_for(&key("t", p));
         }
         map.release(1, |_| false);
         assert_eq!(map.lane_of(&key("t", 0)), Some(0));
