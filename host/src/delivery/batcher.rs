@@ -124,6 +124,11 @@ impl Batcher {
         self.positions.is_empty()
     }
 
+    /// Whether the open batch holds anything of `key` (sent or filtered).
+    pub fn holds(&self, key: &PartitionKey) -> bool {
+        self.positions.contains_key(key)
+    }
+
     /// When the open batch must be flushed, if one is open.
     pub fn deadline(&self) -> Option<Instant> {
         self.opened_at.map(|at| at + self.max_wait)

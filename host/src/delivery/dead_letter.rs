@@ -22,7 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
 use super::alert::Transition;
-use super::health::HealthKeeper;
+use super::health::LaneHealth;
 use super::record::Record;
 use super::state::{ConsumerState, StateHandle};
 use crate::kafka::{KafkaConnection, TopicLayout, Topics};
@@ -236,7 +236,7 @@ pub async fn write_until_acknowledged(
     dead_letters: &DeadLetters,
     letter: Letter<'_>,
     stop: &tokio_util::sync::CancellationToken,
-    health: &mut HealthKeeper,
+    health: &LaneHealth,
     state: &StateHandle,
     topics: &(Topics, TopicLayout),
 ) -> bool {

@@ -9,6 +9,9 @@
 //! - [`supervisor`]: reconciles running pipelines with the registry and the admin switch.
 //! - [`pipeline`]: the per-subscription loop; it keeps polling while a batch
 //!   is delivered by a task of its own.
+//! - [`lanes`]: a pipeline's lanes, each with one batch in flight; a
+//!   partition is in one lane at a time, so its order holds while lanes
+//!   deliver at once (`max_in_flight_batches`, one lane by default).
 //! - [`consumer`]: the consumer's configuration, partition ownership by epoch,
 //!   and the only place offsets are stored and committed.
 //! - [`record`], [`filter`], [`batcher`], [`retry`]: small pure stages, tested alone.
@@ -33,8 +36,9 @@
 //! Semantics (docs/ARCHITECTURE.md): at-least-once; an offset is committed
 //! only after its batch reached a final outcome (delivered, filtered out,
 //! denied by a policy, or dead-lettered), and only for partitions still owned
-//! in the epoch they were fetched in; one batch in flight per subscription, so
-//! order holds per partition.
+//! in the epoch they were fetched in; one batch in flight per lane, and a
+//! partition in one lane at a time, so order holds per partition (and across
+//! the subscription with one lane, the default).
 
 pub mod alert;
 pub mod batcher;
@@ -44,6 +48,7 @@ pub mod failure;
 pub mod filter;
 pub mod health;
 pub mod hibernation;
+pub mod lanes;
 pub mod ledger;
 pub mod pipeline;
 pub mod plugins;

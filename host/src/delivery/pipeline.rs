@@ -9,7 +9,9 @@
 //! (nothing fetched is lost: librdkafka fetches again from the last consumed
 //! message on resume; a resume costs a fetch round trip, hence the marks).
 //!
-//! One batch in flight per subscription keeps order per partition. Offsets are
+//! One batch in flight per lane keeps order per partition: a subscription has
+//! one lane unless its `max_in_flight_batches` says more, and a partition is
+//! in one lane at a time ([`super::lanes`]). Offsets are
 //! stored for commit only after the batch they cover reached a final outcome
 //! (delivered, filtered out, denied, or dead-lettered), and only for
 //! partitions still owned in the epoch their messages were fetched in
@@ -23,8 +25,8 @@
 //! final outcome. A plugin that fails fails the attempt, which is retried like
 //! a failed request and finally dead-lettered with the reason.
 //!
-//! Stopping (delete, update, offline, shutdown) abandons the batch in hand
-//! without committing it; it is fetched again by whoever consumes next.
+//! Stopping (delete, update, offline, shutdown) abandons the batches in hand
+//! without committing them; they are fetched again by whoever consumes next.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -40,20 +42,21 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::alert::{Alerter, Transition};
-use super::batcher::{Batcher, Flush, Positions};
+use super::batcher::{Flush, Positions};
 use super::consumer::{self, COMMIT_FAILURES_BEFORE_PAUSE, PipelineConsumer, PipelineContext};
 use super::dead_letter::{self, DeadLetters};
 use super::failure::DeliveryFailure;
 use super::filter::SourceFilters;
-use super::health::HealthKeeper;
+use super::health::{HealthKeeper, LaneHealth};
 use super::hibernation::{self, Marks};
+use super::lanes::Lanes;
 use super::plugins::PluginStages;
 use super::record::{self, Record};
 use super::retry::RetrySchedule;
 use super::sender::{Outcome, Sender, Target};
 use super::state::{ConsumerState, ConsumerStates, StateHandle};
 use crate::config::DeliverySettings;
-use crate::domain::SubscriptionSpec;
+use crate::domain::{PluginAttachment, SubscriptionSpec};
 use crate::kafka::{TopicLayout, Topics};
 use crate::plugin::PluginEngine;
 use crate::registry::{Activity, Counts, DeadLetter, Health, Registry, StoredSubscription};
@@ -124,37 +127,26 @@ pub struct Pipeline {
     spec: SubscriptionSpec,
     /// Its consumer group ([`consumer::group_id`]).
     group: String,
-    /// Taken by the loop when it starts.
-    deliverer: Option<Deliverer>,
+    /// One per lane; taken by the loop when it starts.
+    deliverers: Vec<Deliverer>,
+    /// Reports the health of the pipeline as a whole (its consumer).
+    health: LaneHealth,
     shared: Arc<Shared>,
     state: StateHandle,
-}
-
-/// A batch being delivered by a task of its own.
-struct InFlight {
-    positions: Positions,
-    /// Cancelled when every partition of the batch was revoked (or on stop).
-    cancel: CancellationToken,
-    task: JoinHandle<(Deliverer, Option<Positions>)>,
-}
-
-impl Drop for InFlight {
-    /// A pipeline aborted after its grace period must not leave its delivery
-    /// running behind it.
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Pipeline {
     pub fn new(stored: &StoredSubscription, shared: Arc<Shared>) -> Result<Self, PipelineError> {
         let state = shared.states.handle(stored.id);
+        let lanes = stored.spec.configuration.batching.in_flight_batches().get();
+        let (deliverers, health) = Deliverer::lanes(stored, shared.clone(), state.clone(), lanes);
         Ok(Self {
             id: stored.id,
             tenant: stored.tenant_id,
             group: consumer::group_id(stored.id, stored.consumer_generation),
             spec: stored.spec.clone(),
-            deliverer: Some(Deliverer::new(stored, shared.clone(), state.clone())),
+            deliverers,
+            health,
             shared,
             state,
         })
@@ -173,8 +165,9 @@ impl Pipeline {
     }
 
     async fn consume(mut self, stop: CancellationToken) -> Result<Ended, PipelineError> {
-        let mut deliverer = self.deliverer.take().expect("a pipeline runs once");
-        deliverer.arm(self.tenant, &self.spec).await?;
+        let mut deliverers = std::mem::take(&mut self.deliverers);
+        assert!(!deliverers.is_empty(), "a pipeline runs once");
+        Deliverer::arm_lanes(&mut deliverers, self.tenant, &self.spec).await?;
 
         let consumer = consumer::create(
             self.id,
@@ -190,7 +183,7 @@ impl Pipeline {
         let consumer = Arc::new(consumer);
         tracing::info!(subscription = %self.id, topics = ?self.spec.topics(), "Pipeline started.");
 
-        let result = self.run_loop(deliverer, &consumer, &stop).await;
+        let result = self.run_loop(deliverers, &consumer, &stop).await;
         // Nothing is delivered from here on; closing may take a round trip.
         if !matches!(result, Ok(Ended::Hibernated(_))) {
             self.state.set(ConsumerState::Stopped, None);
@@ -212,23 +205,15 @@ impl Pipeline {
 
     async fn run_loop(
         &mut self,
-        deliverer: Deliverer,
+        deliverers: Vec<Deliverer>,
         consumer: &Arc<PipelineConsumer>,
         stop: &CancellationToken,
     ) -> Result<Ended, PipelineError> {
         let context = consumer.context();
         let filters = SourceFilters::new(&self.spec);
-        let batching = self.spec.configuration.batching;
-        let mut batcher = Batcher::new(
-            batching.max_batch_size.get(),
-            batching.max_batch_interval_seconds.duration(),
-        )
-        .with_max_bytes(batching.max_batch_bytes.map(|b| b.get()));
-        // The deliverer is here while idle, in the task while a batch is in flight.
-        let mut idle = Some(deliverer);
-        let mut in_flight: Option<InFlight> = None;
-        // Full batches waiting behind the one in flight, oldest first.
-        let mut ready = Ready::default();
+        // Each lane's batch being filled, its batch in flight, and the full
+        // batches waiting behind it; one lane unless max_in_flight_batches.
+        let mut lanes = Lanes::new(&self.spec.configuration.batching, deliverers);
         // Set while commits keep failing: nothing more is fetched or handed off.
         let mut commits_blocked = false;
         let mut consumer_errors = ConsumerErrors::default();
@@ -249,43 +234,30 @@ impl Pipeline {
         let mut ended = Ended::Stopped;
 
         loop {
-            // Hand the oldest batch to delivery as soon as both are ready.
-            if in_flight.is_none() && !commits_blocked {
-                let next = match ready.pop() {
-                    Some(flush) => Some(flush),
-                    None if due(&batcher) => Some(batcher.take()),
-                    None => None,
-                };
-                if let Some(flush) = next {
-                    let flush = keep_owned(flush, context);
-                    let deliverer = idle.take().expect("the deliverer is idle without a batch");
-                    in_flight = Some(InFlight::start(deliverer, flush, stop.child_token()));
-                    crate::telemetry::in_flight(self.id, 1);
-                }
+            // Hand each lane's oldest batch to delivery as soon as both are ready.
+            if !commits_blocked && lanes.hand_off(context, stop) {
+                crate::telemetry::in_flight(self.id, lanes.in_flight());
             }
             // Fetching pauses while commits fail or while the batches waiting
-            // behind the one in flight reach the buffer's high-water mark, and
+            // behind those in flight reach the buffer's high-water mark, and
             // resumes at its low-water mark (hysteresis: a resume costs a
             // fetch round trip, so it must not happen for every batch).
             // Recomputed every turn: a rebalance may have emptied the buffer.
-            if commits_blocked || ready.is_high() {
+            if commits_blocked || lanes.is_high() {
                 consumer::set_paused(consumer, true);
-            } else if ready.is_low() {
+            } else if lanes.is_low() {
                 consumer::set_paused(consumer, false);
             }
-            let deadline = batcher
-                .deadline()
-                .filter(|_| in_flight.is_none() && !commits_blocked && ready.is_empty());
+            let deadline = lanes.deadline().filter(|_| !commits_blocked);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                done = async { (&mut in_flight.as_mut().expect("guarded").task).await }, if in_flight.is_some() => {
-                    in_flight = None;
+                (lane, done) = lanes.next_done(), if lanes.in_flight() > 0 => {
                     last_activity = Instant::now();
                     drop_look(&mut looking);
-                    crate::telemetry::in_flight(self.id, 0);
                     let (deliverer, positions) = done.map_err(|e| PipelineError::Delivery(e.to_string()))?;
-                    idle = Some(deliverer);
+                    lanes.done(lane, deliverer);
+                    crate::telemetry::in_flight(self.id, lanes.in_flight());
                     if let Some(positions) = positions {
                         let stale = consumer::store_and_commit(consumer, &positions);
                         if stale > 0 {
@@ -299,19 +271,14 @@ impl Pipeline {
                     last_activity = Instant::now();
                     quiet = None;
                     drop_look(&mut looking);
-                    ready.retain_owned(context);
-                    let ownership = context.ownership();
-                    let dropped = batcher.retain_owned(|key, epoch| ownership.holds(key, epoch));
+                    let (dropped, abandoned) = lanes.retain_owned(context);
                     if dropped > 0 {
                         tracing::debug!(subscription = %self.id, dropped, "Dropped messages of revoked partitions from the batch being filled.");
                     }
-                    if let Some(flight) = &in_flight
-                        && !flight.positions.is_empty()
-                        && flight.positions.iter().all(|(key, p)| !ownership.holds(key, p.epoch))
-                    {
-                        tracing::info!(subscription = %self.id, "Every partition of the batch in flight was revoked; abandoning it to the new owner.");
-                        flight.cancel.cancel();
+                    if abandoned > 0 {
+                        tracing::info!(subscription = %self.id, batches = abandoned, "Every partition of a batch in flight was revoked; abandoning it to the new owner.");
                     }
+                    let ownership = context.ownership();
                     if self.state.state() == Some(ConsumerState::Starting)
                         && ownership.partitions().next().is_some()
                     {
@@ -325,7 +292,7 @@ impl Pipeline {
                 _ = commit_tick.tick() => {
                     // Refreshed, so that the gauge is never idle long
                     // enough for the exporter to drop it.
-                    crate::telemetry::in_flight(self.id, usize::from(in_flight.is_some()));
+                    crate::telemetry::in_flight(self.id, lanes.in_flight());
                     if commits_blocked {
                         let committing = consumer.clone();
                         let result = off_runtime(COMMIT_TIMEOUT, move || {
@@ -338,8 +305,8 @@ impl Pipeline {
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 _ = sleep_until(last_activity + look_every.unwrap_or_default()),
-                    if look_every.is_some() && joined && looking.is_none() && in_flight.is_none()
-                        && ready.is_empty() && batcher.is_empty() && !commits_blocked =>
+                    if look_every.is_some() && joined && looking.is_none() && lanes.is_idle()
+                        && !commits_blocked =>
                 {
                     looking = Some(tokio::spawn(look(self.id, topics.clone(), consumer.clone())));
                 }
@@ -364,11 +331,9 @@ impl Pipeline {
                             // Persistent consumer trouble (brokers unreachable, a
                             // topic gone, no authorisation) is the subscription's
                             // health, not only a log line.
-                            if let Some(deliverer) = idle.as_mut()
-                                && let Some(reason) = consumer_errors.failed(&error)
-                            {
+                            if let Some(reason) = consumer_errors.failed(&error) {
                                 self.state.set(ConsumerState::Running, Some(reason.clone()));
-                                deliverer.set_health(Health::Unhealthy, Transition::Unhealthy { reason }).await;
+                                self.health.set(Health::Unhealthy, Transition::Unhealthy { reason }).await;
                             }
                             tracing::warn!(subscription = %self.id, error = %error, "Kafka consumer error.");
                             sleep(Duration::from_millis(200)).await;
@@ -381,18 +346,10 @@ impl Pipeline {
                         // Revoked between fetch and now: its owner fetches it.
                         continue;
                     };
-                    if filters.passes(&message) {
-                        if let Some(closed) = batcher.push(message, epoch, Instant::now()) {
-                            // Closed by its byte cap: it goes before the open one.
-                            ready.push(closed);
-                        }
-                    } else {
-                        batcher.skip(&message, epoch, Instant::now());
-                    }
-                    if batcher.is_full() && (in_flight.is_some() || commits_blocked) {
-                        // Delivery is busy: the full batch waits its turn.
-                        ready.push(batcher.take());
-                    }
+                    // Into its partition's lane; a full batch waits its
+                    // turn there while the lane (or committing) is busy.
+                    let passes = filters.passes(&message);
+                    lanes.take(&key, message, epoch, passes, commits_blocked);
 
                 }
             }
@@ -400,11 +357,10 @@ impl Pipeline {
 
         drop_look(&mut looking);
         crate::telemetry::in_flight(self.id, 0);
-        // Stopping: the batch in flight gets until the grace period ends (the
-        // supervisor aborts us then); if it became final, it is stored and
-        // committed when the consumer closes.
-        if let Some(mut flight) = in_flight.take() {
-            flight.cancel.cancel();
+        // Stopping: the batches in flight get until the grace period ends
+        // (the supervisor aborts us then); those that became final are stored
+        // and committed when the consumer closes.
+        for mut flight in lanes.stop() {
             if let Ok((_, Some(positions))) = (&mut flight.task).await {
                 consumer::store_and_commit(consumer, &positions);
             }
@@ -473,99 +429,6 @@ fn drop_look(looking: &mut Option<JoinHandle<Option<Marks>>>) {
     }
 }
 
-/// Full batches waiting behind the one in flight, oldest first, with their
-/// size: the pipeline's own buffer, bounded by the marks below.
-#[derive(Default)]
-struct Ready {
-    /// Each batch with its size in messages and bytes, counted once.
-    flushes: std::collections::VecDeque<(Flush, usize, usize)>,
-    messages: usize,
-    bytes: usize,
-}
-
-/// Fetching pauses when this many messages or bytes wait (about what
-/// librdkafka itself would buffer for a consumer), and resumes at half.
-const READY_HIGH_MESSAGES: usize = 50_000;
-const READY_HIGH_BYTES: usize = 16 << 20;
-
-impl Ready {
-    fn push(&mut self, flush: Flush) {
-        let messages = flush.records.len();
-        let bytes = flush.records.iter().map(|r| r.content_bytes() + 64).sum();
-        self.messages += messages;
-        self.bytes += bytes;
-        self.flushes.push_back((flush, messages, bytes));
-    }
-
-    fn pop(&mut self) -> Option<Flush> {
-        let (flush, messages, bytes) = self.flushes.pop_front()?;
-        self.messages -= messages;
-        self.bytes -= bytes;
-        Some(flush)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.flushes.is_empty()
-    }
-
-    fn is_high(&self) -> bool {
-        self.messages >= READY_HIGH_MESSAGES || self.bytes >= READY_HIGH_BYTES
-    }
-
-    fn is_low(&self) -> bool {
-        self.messages <= READY_HIGH_MESSAGES / 2 && self.bytes <= READY_HIGH_BYTES / 2
-    }
-
-    /// Drops what is held of partitions no longer owned in their epoch.
-    fn retain_owned(&mut self, context: &PipelineContext) {
-        let flushes = std::mem::take(&mut self.flushes);
-        self.messages = 0;
-        self.bytes = 0;
-        for (flush, _, _) in flushes {
-            let flush = keep_owned(flush, context);
-            if !flush.positions.is_empty() {
-                self.push(flush);
-            }
-        }
-    }
-}
-
-/// A batch is due when full, or when its interval has passed.
-fn due(batcher: &Batcher) -> bool {
-    batcher.is_full() || batcher.deadline().is_some_and(|at| at <= Instant::now())
-}
-
-/// The flush without the partitions no longer owned in the epoch they were
-/// fetched in (checked at every flush).
-fn keep_owned(mut flush: Flush, context: &PipelineContext) -> Flush {
-    let ownership = context.ownership();
-    let current = ownership.current(&flush.positions);
-    if current.len() != flush.positions.len() {
-        flush
-            .records
-            .retain(|r| current.contains_key(&(r.topic.clone(), r.partition)));
-        flush.positions = current;
-    }
-    flush
-}
-
-impl InFlight {
-    fn start(deliverer: Deliverer, flush: Flush, cancel: CancellationToken) -> Self {
-        let positions = flush.positions.clone();
-        let token = cancel.clone();
-        let task = tokio::spawn(async move {
-            let mut deliverer = deliverer;
-            let positions = deliverer.finish(flush, &token).await;
-            (deliverer, positions)
-        });
-        Self {
-            positions,
-            cancel,
-            task,
-        }
-    }
-}
-
 /// Consumer errors in a row; past a while they are reported as unhealthy.
 #[derive(Default)]
 struct ConsumerErrors {
@@ -598,46 +461,71 @@ impl ConsumerErrors {
 }
 
 /// Delivers batches: plugins, requests, retries, dead letters, health. It
-/// moves into the task of the batch in flight and back (and a redrive has
-/// one of its own).
+/// moves into the task of its lane's batch in flight and back (and a redrive
+/// has one of its own). The lanes of a pipeline each have one, with plugin
+/// instances of its own; they share the subscription's rate limiter and
+/// health.
 pub(super) struct Deliverer {
     id: Uuid,
     target: Target,
-    health: HealthKeeper,
+    health: LaneHealth,
     schedule: RetrySchedule,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// The subscription's, shared by its lanes.
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     shared: Arc<Shared>,
     plugins: Option<PluginStages>,
     state: StateHandle,
 }
 
 impl Deliverer {
+    /// A deliverer of its own (a redrive's).
     pub(super) fn new(
         stored: &StoredSubscription,
         shared: Arc<Shared>,
         state: StateHandle,
     ) -> Self {
+        let (mut lanes, _) = Self::lanes(stored, shared, state, 1);
+        lanes.pop().expect("one lane")
+    }
+
+    /// The deliverers of a pipeline's `lanes` (at least one), sharing the
+    /// subscription's rate limiter and health; and the reporter of the
+    /// pipeline's own health.
+    pub(super) fn lanes(
+        stored: &StoredSubscription,
+        shared: Arc<Shared>,
+        state: StateHandle,
+        lanes: usize,
+    ) -> (Vec<Self>, LaneHealth) {
         let spec = &stored.spec;
         let limiter = spec.configuration.rate_limit.map(|limit| {
             let per_second = NonZeroU32::new(limit.max_requests_per_second.per_second())
                 .expect("a parsed rate limit is at least 1");
-            RateLimiter::direct(Quota::per_second(per_second))
+            Arc::new(RateLimiter::direct(Quota::per_second(per_second)))
         });
-        Self {
-            id: stored.id,
-            target: Target {
-                url: spec.destination.webhook.url.url().clone(),
-                headers: spec.destination.webhook.headers.clone(),
-                secret: stored.signing_secret.clone(),
-                previous_secret: stored.previous_secret.clone(),
-            },
-            health: HealthKeeper::new(stored, shared.clone()),
-            schedule: RetrySchedule::new(&spec.configuration.retry, &shared.settings),
-            limiter,
-            shared,
-            plugins: None,
-            state,
-        }
+        let target = Target {
+            url: spec.destination.webhook.url.url().clone(),
+            headers: spec.destination.webhook.headers.clone(),
+            secret: stored.signing_secret.clone(),
+            previous_secret: stored.previous_secret.clone(),
+        };
+        let schedule = RetrySchedule::new(&spec.configuration.retry, &shared.settings);
+        let (healths, pipeline) =
+            LaneHealth::lanes(HealthKeeper::new(stored, shared.clone()), lanes.max(1));
+        let deliverers = healths
+            .into_iter()
+            .map(|health| Self {
+                id: stored.id,
+                target: target.clone(),
+                health,
+                schedule: schedule.clone(),
+                limiter: limiter.clone(),
+                shared: shared.clone(),
+                plugins: None,
+                state: state.clone(),
+            })
+            .collect();
+        (deliverers, pipeline)
     }
 
     /// Starts the plugins: the subscription's, and its tenant's mandatory
@@ -647,44 +535,57 @@ impl Deliverer {
         tenant: Option<Uuid>,
         spec: &SubscriptionSpec,
     ) -> Result<(), PipelineError> {
-        let mandatory = match tenant {
-            None => None,
-            Some(tenant) => {
-                self.shared
-                    .registry
-                    .get_tenant(tenant)
-                    .await
-                    .map_err(|e| PipelineError::Tenant(e.to_string()))?
-                    .ok_or_else(|| {
-                        PipelineError::Tenant(format!("tenant {tenant} no longer exists"))
-                    })?
-                    .spec
-                    .mandatory_policy
-            }
+        Self::arm_lanes(std::slice::from_mut(self), tenant, spec).await
+    }
+
+    /// Starts the plugins of every lane, reading the tenant's mandatory
+    /// policy once. The first lane's are loaded and instantiated now, so that
+    /// a plugin that cannot start shows at once; the other lanes load theirs
+    /// on their first batch, so that plugin memory grows with the lanes in
+    /// use rather than with those allowed (a partition goes to a lane of its
+    /// own only while the others are busy).
+    pub(super) async fn arm_lanes(
+        lanes: &mut [Deliverer],
+        tenant: Option<Uuid>,
+        spec: &SubscriptionSpec,
+    ) -> Result<(), PipelineError> {
+        let Some(first) = lanes.first() else {
+            return Ok(());
         };
-        let mut plugins = PluginStages::new(
-            self.id,
-            spec,
-            tenant,
-            mandatory.as_ref(),
-            &self.shared.registry,
-            &self.shared.engine,
-        );
-        // A plugin that cannot start does not stop the pipeline: its batches
-        // fail their attempts (retried, then dead-lettered), and its circuit
-        // breaker keeps it from being rebuilt for every one of them.
-        for failure in plugins.warm().await {
-            tracing::warn!(subscription = %self.id, reason = %failure.reason, "Plugin could not start; its batches will fail until it does.");
-            self.set_health(
-                Health::Unhealthy,
-                Transition::Unhealthy {
-                    reason: failure.reason,
-                },
-            )
-            .await;
+        let mandatory = mandatory_policy(&first.shared, tenant).await?;
+        for (index, lane) in lanes.iter_mut().enumerate() {
+            let mut plugins = PluginStages::new(
+                lane.id,
+                spec,
+                tenant,
+                mandatory.as_ref(),
+                &lane.shared.registry,
+                &lane.shared.engine,
+            );
+            if index == 0 {
+                // A plugin that cannot start does not stop the pipeline: its
+                // batches fail their attempts (retried, then dead-lettered),
+                // and its circuit breaker keeps it from being rebuilt for
+                // every one of them.
+                for failure in plugins.warm().await {
+                    tracing::warn!(subscription = %lane.id, reason = %failure.reason, "Plugin could not start; its batches will fail until it does.");
+                    lane.set_health(
+                        Health::Unhealthy,
+                        Transition::Unhealthy {
+                            reason: failure.reason,
+                        },
+                    )
+                    .await;
+                }
+            }
+            lane.plugins = Some(plugins);
         }
-        self.plugins = Some(plugins);
         Ok(())
+    }
+
+    /// Tells the health board whether this lane has a batch in flight.
+    pub(super) fn busy(&self, busy: bool) {
+        self.health.busy(busy);
     }
 
     /// Brings `records` to a final outcome (delivered, filtered, denied or
@@ -705,7 +606,11 @@ impl Deliverer {
 
     /// Brings a flushed batch to a final outcome; returns the positions to
     /// commit, or `None` when stopped (or revoked) first.
-    async fn finish(&mut self, flush: Flush, stop: &CancellationToken) -> Option<Positions> {
+    pub(super) async fn finish(
+        &mut self,
+        flush: Flush,
+        stop: &CancellationToken,
+    ) -> Option<Positions> {
         let mut counts = Counts {
             filtered: flush.filtered as i64,
             ..Counts::default()
@@ -902,7 +807,7 @@ impl Deliverer {
                 reason,
             },
             stop,
-            &mut self.health,
+            &self.health,
             &self.state,
             &self.shared.dead_letter_topics,
         )
@@ -942,6 +847,25 @@ impl Deliverer {
     async fn set_health(&mut self, health: Health, transition: Transition) {
         self.health.set(health, transition).await;
     }
+}
+
+/// The mandatory policy of `tenant` (`None`: the admin's subscription, or a
+/// tenant without one).
+async fn mandatory_policy(
+    shared: &Shared,
+    tenant: Option<Uuid>,
+) -> Result<Option<PluginAttachment>, PipelineError> {
+    let Some(tenant) = tenant else {
+        return Ok(None);
+    };
+    Ok(shared
+        .registry
+        .get_tenant(tenant)
+        .await
+        .map_err(|e| PipelineError::Tenant(e.to_string()))?
+        .ok_or_else(|| PipelineError::Tenant(format!("tenant {tenant} no longer exists")))?
+        .spec
+        .mandatory_policy)
 }
 
 /// How often a pipeline looks at its commits' results (and, while they keep

@@ -65,6 +65,26 @@ impl BatchBytes {
     }
 }
 
+/// Batches of one subscription delivered at once: 1 (one at a time, in order
+/// across the subscription) to 64. Each partition stays in order whatever the
+/// value: its batches are never in flight together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct MaxInFlightBatches(u8);
+
+impl MaxInFlightBatches {
+    pub const MAX: i64 = 64;
+    /// One batch at a time: what a subscription that does not say gets.
+    pub const ONE: Self = Self(1);
+
+    pub fn parse(value: i64) -> Result<Self, String> {
+        in_range(value, 1, Self::MAX).map(|v| Self(v as u8))
+    }
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// Retries after the first attempt: 0 (none) to 10.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
@@ -126,6 +146,7 @@ int_newtype_conversions!(
     BatchSize,
     BatchBytes,
     BatchInterval,
+    MaxInFlightBatches,
     MaxRetries,
     FixedDelay,
     RateLimit
@@ -625,6 +646,18 @@ mod tests {
         assert_eq!(BatchBytes::parse(64 << 20).unwrap().get(), 64 << 20);
         let error = BatchBytes::parse((64 << 20) + 1).unwrap_err();
         assert!(error.contains("between 1024 and 67108864"), "{error}");
+    }
+
+    #[test]
+    fn batches_in_flight_run_from_one_to_sixty_four() {
+        assert!(MaxInFlightBatches::parse(0).is_err());
+        assert_eq!(
+            MaxInFlightBatches::parse(1).unwrap(),
+            MaxInFlightBatches::ONE
+        );
+        assert_eq!(MaxInFlightBatches::parse(64).unwrap().get(), 64);
+        let error = MaxInFlightBatches::parse(65).unwrap_err();
+        assert!(error.contains("between 1 and 64"), "{error}");
     }
 
     #[test]

@@ -171,6 +171,11 @@ pub struct BatchingRequest {
     pub max_batch_size: Option<i64>,
     pub max_batch_interval_seconds: Option<i64>,
     pub max_batch_bytes: Option<i64>,
+    /// Batches delivered at once, 1 to 64 (default 1: one at a time, in order
+    /// across the subscription). Above 1 the subscription's partitions are
+    /// spread over that many lanes, each with one batch in flight: each
+    /// partition stays in order, partitions no longer wait for each other.
+    pub max_in_flight_batches: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -262,6 +267,17 @@ pub struct Batching {
     /// A cap on the message bytes per request besides the count; unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_bytes: Option<BatchBytes>,
+    /// Lanes delivering at once, one batch in flight each; unset: one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_batches: Option<MaxInFlightBatches>,
+}
+
+impl Batching {
+    /// How many batches may be in flight at once (one unless set).
+    pub fn in_flight_batches(&self) -> MaxInFlightBatches {
+        self.max_in_flight_batches
+            .unwrap_or(MaxInFlightBatches::ONE)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -640,6 +656,7 @@ fn parse_configuration(
         max_batch_size: Some(DEFAULT_BATCH_SIZE),
         max_batch_interval_seconds: Some(DEFAULT_BATCH_INTERVAL_SECONDS),
         max_batch_bytes: None,
+        max_in_flight_batches: None,
     });
     let size = errors.check(
         "configuration.batching.max_batch_size",
@@ -662,6 +679,16 @@ fn parse_configuration(
                 "configuration.batching.max_batch_bytes",
                 Some(bytes),
                 BatchBytes::parse,
+            )
+            .map(Some),
+    };
+    let in_flight = match batching.max_in_flight_batches {
+        None => Some(None),
+        Some(batches) => errors
+            .check(
+                "configuration.batching.max_in_flight_batches",
+                Some(batches),
+                MaxInFlightBatches::parse,
             )
             .map(Some),
     };
@@ -733,6 +760,7 @@ fn parse_configuration(
             max_batch_size: size?,
             max_batch_interval_seconds: interval?,
             max_batch_bytes: bytes?,
+            max_in_flight_batches: in_flight?,
         },
         retry: RetryPolicy {
             max_retries: max_retries?,

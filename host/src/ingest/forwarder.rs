@@ -89,6 +89,7 @@ pub fn spec(
                 max_batch_interval_seconds: settings.batch_interval,
                 // Seed 001 has no byte cap; one the API set is kept.
                 max_batch_bytes: kept.and_then(|c| c.batching.max_batch_bytes),
+                max_in_flight_batches: kept.and_then(|c| c.batching.max_in_flight_batches),
             },
             retry: RetryPolicy {
                 max_retries: MaxRetries::parse(RETRIES).expect("in range"),

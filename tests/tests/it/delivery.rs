@@ -84,6 +84,11 @@ async fn every_message_is_delivered_once_in_order_and_signed() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let delivered_after = sys.receiver.delivered();
     assert_eq!(delivered_after.len(), 90, "exactly once when nothing fails");
+    assert_eq!(
+        sys.receiver.most_at_once(),
+        1,
+        "one batch in flight at a time by default"
+    );
     let (set, repeats) = distinct(&delivered);
     assert_eq!((set.len(), repeats), (90, 0));
     assert_ordered_per_partition(&delivered);
@@ -890,5 +895,139 @@ async fn static_membership_delivers_and_a_restart_takes_the_partitions_back() {
         .wait_for_status(&id, WAIT, |s| lags(s).len() == 2)
         .await;
     assert_eq!(status["consumer"]["host"], "host-a");
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_two_batches_in_flight_a_partition_held_up_does_not_hold_up_the_others_and_with_one_it_does()
+ {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("lanes", 2);
+    sys.topic("strict", 2);
+    let mut body = subscription("lanes", &sys.receiver.url, &["lanes"]);
+    for out_of_range in [0, 65] {
+        body["configuration"]["batching"]["max_in_flight_batches"] = json!(out_of_range);
+        let (status, refused) = sys.app.post("/1/Subscription", &body).await;
+        assert_eq!(status, 400, "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("configuration.batching.max_in_flight_batches")
+                && refused.to_string().contains("between 1 and 64"),
+            "the error names the field and its range: {refused}"
+        );
+    }
+    body["configuration"]["batching"]["max_in_flight_batches"] = json!(2);
+    let id = sys.app.subscribe(&body).await;
+    let (_, shown) = sys.app.get(&format!("/1/Subscription/{id}")).await;
+    assert_eq!(
+        shown["configuration"]["batching"]["max_in_flight_batches"],
+        2
+    );
+
+    // Two lanes: partition 1 is delivered while partition 0's request is held.
+    sys.receiver.hold("lanes", 0);
+    produce(&sys.producer, "lanes", 0, &values(0..5)).await;
+    sys.receiver.wait_for_held(1, WAIT).await;
+    let produced = tokio::time::Instant::now();
+    produce(&sys.producer, "lanes", 1, &values(0..5)).await;
+    let delivered = sys.receiver.wait_for_delivered(5, WAIT).await;
+    let went_by = produced.elapsed();
+    assert!(
+        delivered.iter().all(|m| m["partition"] == 1),
+        "only partition 1 went by: {delivered:?}"
+    );
+    sys.receiver.release();
+    let delivered = sys.receiver.wait_for_delivered(10, WAIT).await;
+    assert_none_missing(&delivered, "lanes", 2, 5);
+    assert_ordered_per_partition(&delivered);
+
+    // One lane (the default): partition 1 waits behind partition 0's batch,
+    // for several times as long as it took to go by with two.
+    let strict = subscription("strict", &sys.receiver.url, &["strict"]);
+    assert!(strict["configuration"]["batching"]["max_in_flight_batches"].is_null());
+    sys.app.subscribe(&strict).await;
+    sys.receiver.hold("strict", 0);
+    produce(&sys.producer, "strict", 0, &values(0..5)).await;
+    sys.receiver.wait_for_held(1, WAIT).await;
+    produce(&sys.producer, "strict", 1, &values(0..5)).await;
+    tokio::time::sleep((went_by * 3).max(Duration::from_secs(3))).await;
+    let strict_delivered = |sys: &System| -> Vec<Value> {
+        sys.receiver
+            .delivered()
+            .into_iter()
+            .filter(|m| m["topic"] == "strict")
+            .collect()
+    };
+    assert!(
+        strict_delivered(&sys).is_empty(),
+        "nothing of partition 1 went by the held batch of partition 0"
+    );
+    sys.receiver.release();
+    sys.receiver.wait_for_delivered(20, WAIT).await;
+    let delivered = strict_delivered(&sys);
+    assert_none_missing(&delivered, "strict", 2, 5);
+    assert_ordered_per_partition(&delivered);
+    assert_eq!(
+        delivered[0]["partition"], 0,
+        "the held batch first, then what waited behind it"
+    );
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lanes_deliver_at_once_and_keep_every_partition_in_order() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("many", 4);
+    let mut body = subscription("many", &sys.receiver.url, &["many"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 5, "max_batch_interval_seconds": 1, "max_in_flight_batches": 4});
+    let id = sys.app.subscribe(&body).await;
+    // Slow answers, so that lanes overlap.
+    sys.receiver.delay_answers(Some(Duration::from_millis(30)));
+    for partition in 0..4 {
+        produce(&sys.producer, "many", partition, &values(0..100)).await;
+    }
+
+    let delivered = sys.receiver.wait_for_delivered(400, WAIT).await;
+    assert_none_missing(&delivered, "many", 4, 100);
+    assert_ordered_per_partition(&delivered);
+    assert_eq!(distinct(&delivered).1, 0, "nothing repeated");
+    assert!(sys.receiver.batch_sizes().iter().all(|&n| n <= 5));
+    let most = sys.receiver.most_at_once();
+    assert!(
+        (2..=4).contains(&most),
+        "several batches at once, never more than 4: {most}"
+    );
+    sys.app
+        .wait_for_status(&id, WAIT, |s| {
+            s["counts"]["delivered"] == 400 && s["status"] == "healthy"
+        })
+        .await;
+    sys.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_across_lanes() {
+    let sys = System::start(Db::Sqlite).await;
+    sys.topic("limited-lanes", 4);
+    let mut body = subscription("limited-lanes", &sys.receiver.url, &["limited-lanes"]);
+    body["configuration"]["batching"] =
+        json!({"max_batch_size": 1, "max_batch_interval_seconds": 1, "max_in_flight_batches": 4});
+    body["configuration"]["rate_limit"] = json!({"max_requests_per_second": 2});
+    sys.app.subscribe(&body).await;
+    for partition in 0..4 {
+        produce(&sys.producer, "limited-lanes", partition, &values(0..2)).await;
+    }
+    sys.receiver.wait_for_requests(1, WAIT).await;
+    let started = tokio::time::Instant::now();
+    sys.receiver.wait_for_delivered(8, WAIT).await;
+    // One limiter for the four lanes: 2 per second with a burst of 2, so the
+    // 7 requests after the first need 3 s (four limiters, about none).
+    assert!(
+        started.elapsed() >= Duration::from_millis(2400),
+        "{:?}",
+        started.elapsed()
+    );
     sys.app.stop().await;
 }

@@ -368,6 +368,59 @@ struct ReceiverState {
     default: Mutex<Option<u16>>,
     delay: Mutex<Option<Duration>>,
     arrived: Notify,
+    /// Requests holding a message of this (topic, partition) wait until it is released.
+    hold: Mutex<Option<(String, i64)>>,
+    released: Notify,
+    /// Requests waiting on the hold now.
+    held: Mutex<usize>,
+    /// Requests being answered now, and the most there ever were at once.
+    open: Mutex<(usize, usize)>,
+}
+
+/// Counts a request as open while it is being answered.
+struct Open(Arc<ReceiverState>);
+
+impl Open {
+    fn new(state: &Arc<ReceiverState>) -> Self {
+        let mut open = state.open.lock().unwrap();
+        open.0 += 1;
+        open.1 = open.1.max(open.0);
+        Self(state.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.lock().unwrap().0 -= 1;
+    }
+}
+
+impl ReceiverState {
+    /// Waits while the hold names a partition `body` has messages of.
+    async fn wait_while_held(&self, body: &Bytes) {
+        let messages = serde_json::from_slice::<Vec<Value>>(body).unwrap_or_default();
+        let holds = |hold: &(String, i64)| {
+            messages
+                .iter()
+                .any(|m| m["topic"] == hold.0.as_str() && m["partition"] == hold.1)
+        };
+        let mut counted = false;
+        loop {
+            let released = self.released.notified();
+            if !self.hold.lock().unwrap().as_ref().is_some_and(holds) {
+                break;
+            }
+            if !counted {
+                counted = true;
+                *self.held.lock().unwrap() += 1;
+                self.arrived.notify_waiters();
+            }
+            released.await;
+        }
+        if counted {
+            *self.held.lock().unwrap() -= 1;
+        }
+    }
 }
 
 /// A real HTTP server that records every webhook request.
@@ -383,6 +436,8 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
+    let _open = Open::new(&state);
+    state.wait_while_held(&body).await;
     let delay = *state.delay.lock().unwrap();
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -470,6 +525,37 @@ impl Receiver {
 
     pub fn delay_answers(&self, delay: Option<Duration>) {
         *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// Holds every request with a message of `topic`/`partition` unanswered
+    /// (and unrecorded) until [`Receiver::release`].
+    pub fn hold(&self, topic: &str, partition: i64) {
+        *self.state.hold.lock().unwrap() = Some((topic.to_string(), partition));
+    }
+
+    /// Answers the held requests, and holds nothing more.
+    pub fn release(&self) {
+        *self.state.hold.lock().unwrap() = None;
+        self.state.released.notify_waiters();
+    }
+
+    /// Waits until at least `n` requests are being held, or panics after `within`.
+    pub async fn wait_for_held(&self, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.state.arrived.notified();
+            if *self.state.held.lock().unwrap() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("expected {n} held requests within {within:?}");
+            }
+        }
+    }
+
+    /// The most requests that were being answered at once.
+    pub fn most_at_once(&self) -> usize {
+        self.state.open.lock().unwrap().1
     }
 
     pub fn requests(&self) -> Vec<Received> {
