@@ -77,6 +77,10 @@ pub struct Options {
     /// Latency: messages per second.
     #[arg(long, default_value_t = 1000)]
     pub latency_rate: u64,
+    /// Latency: the subscription's `max_in_flight_batches` (batches of
+    /// different partitions delivered at once; 1: strict order).
+    #[arg(long, default_value_t = 1)]
+    pub latency_in_flight: u32,
     /// Latency: how long to publish.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub latency_duration: Duration,
@@ -139,6 +143,8 @@ pub struct Throughput {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
+    /// The subscription's `max_in_flight_batches`.
+    pub in_flight: u32,
     pub messages: u64,
     pub requests: u64,
     pub rate: u64,
@@ -541,7 +547,11 @@ impl Bench {
                 "destination": {"kind": "webhook", "webhook": {"url": self.receiver.url}},
                 "source": [{"topic": topic}],
                 "configuration": {
-                    "batching": {"max_batch_size": 1, "max_batch_interval_seconds": 1},
+                    "batching": {
+                        "max_batch_size": 1,
+                        "max_batch_interval_seconds": 1,
+                        "max_in_flight_batches": o.latency_in_flight
+                    },
                     "retry": {"max_retries": 10, "retry_algorithm": "exponential_backoff"}
                 }
             }))
@@ -585,6 +595,7 @@ impl Bench {
         }
         let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
         Ok(Latency {
+            in_flight: o.latency_in_flight,
             messages: latencies.len() as u64,
             requests: self.receiver.requests(),
             rate: o.latency_rate,
@@ -816,8 +827,8 @@ pub fn describe(options: &Options, report: &Report) -> String {
     }
     if let Some(l) = &report.latency {
         text.push_str(&format!(
-            "latency: {} msg/s, batch size 1: {} messages in {} requests, publish→receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.2} µs CPU per message\n",
-            l.rate, l.messages, l.requests, l.p50_ms, l.p99_ms, l.max_ms, l.cpu_us_per_message
+            "latency: {} msg/s, batch size 1, {} in flight: {} messages in {} requests, publish→receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.2} µs CPU per message\n",
+            l.rate, l.in_flight, l.messages, l.requests, l.p50_ms, l.p99_ms, l.max_ms, l.cpu_us_per_message
         ));
     }
     if let Some(i) = &report.idle {
