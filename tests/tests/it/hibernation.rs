@@ -26,6 +26,13 @@ fn sleepy(settings: &mut Settings) {
     settings.delivery.session_timeout = Duration::from_secs(6);
 }
 
+/// How long a wake may take: the watcher's look (1 s) and a group join. On
+/// the mock cluster a join soon after the group's only member left waits
+/// out the rebalance the leave started (session timeout less a second), and
+/// has been seen to wait a whole JoinGroup timeout (about a minute) now and
+/// then (tests/tests/it/hosts.rs says the same of hosts).
+const WAKE: Duration = Duration::from_secs(90);
+
 fn state(status: &Value) -> &str {
     status["consumer"]["state"].as_str().unwrap_or("none")
 }
@@ -59,13 +66,13 @@ async fn sleeps_and_wakes(app: &TestApp, receiver: &Receiver, producer: &FutureP
     // only the committed ends of the empty partitions make these count.
     produce(producer, "quiet", 0, &values(0..3)).await;
     produce(producer, "quiet", 1, &values(3..5)).await;
-    let delivered = receiver.wait_for_delivered(5, WAIT).await;
+    let delivered = receiver.wait_for_delivered(5, WAKE).await;
     assert_each_once(&delivered, 5);
 
     // It sleeps again once caught up, and wakes again from where it was.
     wait_for_state(app, &id, "hibernating").await;
     produce(producer, "quiet", 1, &values(5..9)).await;
-    let delivered = receiver.wait_for_delivered(9, WAIT).await;
+    let delivered = receiver.wait_for_delivered(9, WAKE).await;
     assert_each_once(&delivered, 9);
     let status = app.status_of(&id).await;
     assert_eq!(status["counts"]["delivered"], 9, "{status}");
@@ -118,7 +125,7 @@ async fn a_subscription_with_a_batch_being_retried_stays_awake() {
 
     // Retries back off from 50 ms to 400 ms here: eight attempts span
     // more than twice the quiet time, all with the batch in hand.
-    sys.receiver.wait_for_requests(8, WAIT).await;
+    sys.receiver.wait_for_requests(8, WAKE).await;
     let status = sys.app.status_of(&id).await;
     assert_eq!(state(&status), "retrying", "{status}");
 
@@ -143,7 +150,7 @@ async fn a_hibernating_subscription_stops_with_the_platform_and_starts_again_wit
     sys.app.set_platform("online", "").await;
     // Back on, it starts (and soon sleeps again); a message is delivered.
     produce(&sys.producer, "quiet", 0, &values(0..1)).await;
-    sys.receiver.wait_for_delivered(1, WAIT).await;
+    sys.receiver.wait_for_delivered(1, WAKE).await;
     wait_for_state(&sys.app, &id, "hibernating").await;
 
     assert_eq!(sys.app.delete(&format!("/1/Subscription/{id}")).await, 204);
