@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::batcher::PartitionKey;
+use super::replay::known;
 use crate::kafka::KafkaConnection;
 
 /// A subscription's topics, and the high watermark of every partition they
@@ -157,15 +158,7 @@ pub fn read_facts<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
         .position()?
         .elements()
         .iter()
-        .map(|e| {
-            (
-                (e.topic().to_string(), e.partition()),
-                match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                },
-            )
-        })
+        .map(|e| ((e.topic().to_string(), e.partition()), known(e.offset())))
         .collect();
     Ok(all
         .elements()
@@ -245,10 +238,7 @@ fn known_offsets(list: &TopicPartitionList) -> HashMap<PartitionKey, i64> {
     list.elements()
         .iter()
         .filter(|e| e.error().is_ok())
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-            _ => None,
-        })
+        .filter_map(|e| Some(((e.topic().to_string(), e.partition()), known(e.offset())?)))
         .collect()
 }
 
@@ -320,16 +310,6 @@ impl Watcher {
             inner: self.inner.clone(),
         };
         let _ = wait.await;
-    }
-
-    /// How many subscriptions sleep now.
-    pub fn sleeping(&self) -> usize {
-        self.inner
-            .sleeping
-            .lock()
-            .expect("sleepers lock")
-            .by_ticket
-            .len()
     }
 
     /// Looks every [`WAKE_CHECK_INTERVAL`] until `stop`.
