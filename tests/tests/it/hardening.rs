@@ -306,29 +306,40 @@ async fn requests_beyond_the_concurrency_limit_are_answered_503() {
         settings.server.max_concurrent_requests = 1;
     })
     .await;
-    let (release, stalled) = tokio::sync::oneshot::channel();
-    let request = sys
-        .app
-        .http
-        .post(sys.app.url("/1/Subscription"))
-        .header("content-type", "application/json")
-        .body(stalled_body(stalled))
-        .send();
-    let slow = tokio::spawn(request);
-
-    // The stalled request holds the one place once it reaches the handler.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let body: Value = loop {
-        let response = reqwest::Client::new()
-            .get(sys.app.url("/healthz"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            break response.json().await.unwrap();
-        }
+    let (release, slow, body) = 'attempt: loop {
         assert!(Instant::now() < deadline, "the limit never answered 503");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (release, stalled) = tokio::sync::oneshot::channel();
+        let request = sys
+            .app
+            .http
+            .post(sys.app.url("/1/Subscription"))
+            .header("content-type", "application/json")
+            .body(stalled_body(stalled))
+            .send();
+        let slow = tokio::spawn(request);
+        // The stalled request holds the one place once it reaches the
+        // handler; until then a probe may take the place first, and the
+        // stalled request is the one refused: then it is sent again.
+        loop {
+            let response = reqwest::Client::new()
+                .get(sys.app.url("/healthz"))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                break 'attempt (release, slow, response.json::<Value>().await.unwrap());
+            }
+            if slow.is_finished() {
+                // (Or the connection closed under the unsent body.)
+                if let Ok(refused) = slow.await.unwrap() {
+                    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+                }
+                continue 'attempt;
+            }
+            assert!(Instant::now() < deadline, "the limit never answered 503");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     };
     assert_eq!(body["code"], "unavailable", "{body}");
     assert!(body["message"].as_str().unwrap().contains("requests"));
