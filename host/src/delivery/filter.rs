@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{JmesFilter, SubscriptionSpec};
+use crate::domain::{JmesDocument, JmesFilter, SubscriptionSpec};
 
 use super::record::Record;
 
@@ -33,7 +33,7 @@ impl SourceFilters {
             .value
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|text| jmespath::Variable::from_json(text).ok())
+            .and_then(JmesDocument::from_json)
         else {
             return false;
         };

@@ -359,19 +359,37 @@ impl JmesFilter {
     }
     /// True when the expression yields a truthy value for `document`
     /// (JMESPath truthiness: not null, false, "", [] or {}).
-    pub fn matches(&self, document: &jmespath::Variable) -> bool {
-        self.compiled
-            .search(document)
+    pub fn matches(&self, document: &JmesDocument) -> bool {
+        self.search(document)
             .map(|result| result.is_truthy())
             .unwrap_or(false)
     }
     /// What the expression yields for `document`; `None` for null (nothing
     /// found) or an error (a function given the wrong type).
-    pub fn value(&self, document: &jmespath::Variable) -> Option<jmespath::Rcvar> {
-        self.compiled
-            .search(document)
+    pub fn value(&self, document: &JmesDocument) -> Option<jmespath::Rcvar> {
+        self.search(document)
             .ok()
             .filter(|result| !result.is_null())
+    }
+    /// Searches the document as it is. (`Expression::search` would first
+    /// copy it whole through serde: without the nightly `specialized`
+    /// feature, the crate converts even a `Variable` that way.)
+    fn search(&self, document: &JmesDocument) -> jmespath::SearchResult {
+        let mut context =
+            jmespath::Context::new(self.compiled.as_str(), &jmespath::DEFAULT_RUNTIME);
+        jmespath::interpret(&document.0, self.compiled.as_ast(), &mut context)
+    }
+}
+
+/// A JSON document parsed once for any number of JMESPath searches.
+pub struct JmesDocument(jmespath::Rcvar);
+
+impl JmesDocument {
+    /// Parses JSON text; `None` when it is not JSON.
+    pub fn from_json(text: &str) -> Option<Self> {
+        jmespath::Variable::from_json(text)
+            .ok()
+            .map(|variable| Self(jmespath::Rcvar::new(variable)))
     }
 }
 
@@ -702,9 +720,9 @@ mod tests {
     #[test]
     fn jmes_filters_compile_once_and_use_truthiness() {
         let f = JmesFilter::parse("amount > `10`".into()).unwrap();
-        let doc = jmespath::Variable::from_json(r#"{"amount": 12}"#).unwrap();
+        let doc = JmesDocument::from_json(r#"{"amount": 12}"#).unwrap();
         assert!(f.matches(&doc));
-        let doc = jmespath::Variable::from_json(r#"{"amount": 2}"#).unwrap();
+        let doc = JmesDocument::from_json(r#"{"amount": 2}"#).unwrap();
         assert!(!f.matches(&doc));
         assert!(JmesFilter::parse("amount >".into()).is_err());
     }
@@ -770,13 +788,13 @@ mod tests {
     }
 
     /// A document as deep as the shapes above, so their searches go deep too.
-    fn deep_document() -> jmespath::Variable {
+    fn deep_document() -> JmesDocument {
         let mut json = "true".to_string();
         // 120 levels: within serde_json's recursion limit of 128.
         for _ in 0..60 {
             json = format!("{{\"a\": [{json}]}}");
         }
-        jmespath::Variable::from_json(&json).unwrap()
+        JmesDocument::from_json(&json).unwrap()
     }
 
     /// Runs `check` on a thread with a stack far smaller than the 2 MiB of

@@ -15,8 +15,8 @@ pub use access::{
 };
 pub use fields::{
     Active, AlertChannel, BatchBytes, BatchInterval, BatchSize, BodyFormat, EmailAddress,
-    FixedDelay, HeaderLine, JmesFilter, MASK, MaxInFlightBatches, MaxRetries, RateLimit,
-    RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
+    FixedDelay, HeaderLine, JmesDocument, JmesFilter, MASK, MaxInFlightBatches, MaxRetries,
+    RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
 };
 pub use plugin::{
     PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, SecretConfig,
