@@ -194,6 +194,14 @@ impl Lanes {
         started
     }
 
+    /// Whether some idle lane has a batch it could hand off now: a full or
+    /// due open batch, or one waiting (the loop's next turn starts it).
+    pub(super) fn wants_hand_off(&self) -> bool {
+        self.lanes.iter().enumerate().any(|(index, lane)| {
+            lane.in_flight.is_none() && (!self.ready.is_empty(index) || due(&lane.batcher))
+        })
+    }
+
     /// True when nothing is in hand: no batch in flight, waiting or being
     /// filled (not even positions of filtered messages) in any lane.
     pub(super) fn is_idle(&self) -> bool {

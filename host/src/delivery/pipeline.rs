@@ -32,6 +32,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use rdkafka::consumer::Consumer;
@@ -325,32 +326,39 @@ impl Pipeline {
                     last_activity = Instant::now();
                     quiet = None;
                     drop_look(&mut looking);
-                    let message = match received {
-                        Ok(message) => Record::from_kafka(&message),
-                        Err(error) => {
-                            // Persistent consumer trouble (brokers unreachable, a
-                            // topic gone, no authorisation) is the subscription's
-                            // health, not only a log line.
-                            if let Some(reason) = consumer_errors.failed(&error) {
-                                self.state.set(ConsumerState::Running, Some(reason.clone()));
-                                self.health.set(Health::Unhealthy, Transition::Unhealthy { reason }).await;
+                    // What else has arrived already is taken without a turn
+                    // of this loop each (a turn sets up its futures and timers
+                    // again): up to DRAIN_LIMIT messages, and only until some
+                    // lane has a batch to hand off.
+                    let mut received = received;
+                    for taken in 1.. {
+                        let message = match received {
+                            Ok(message) => Record::from_kafka(&message),
+                            Err(error) => {
+                                // Persistent consumer trouble (brokers unreachable, a
+                                // topic gone, no authorisation) is the subscription's
+                                // health, not only a log line.
+                                if let Some(reason) = consumer_errors.failed(&error) {
+                                    self.state.set(ConsumerState::Running, Some(reason.clone()));
+                                    self.health.set(Health::Unhealthy, Transition::Unhealthy { reason }).await;
+                                }
+                                tracing::warn!(subscription = %self.id, error = %error, "Kafka consumer error.");
+                                sleep(Duration::from_millis(200)).await;
+                                break;
                             }
-                            tracing::warn!(subscription = %self.id, error = %error, "Kafka consumer error.");
-                            sleep(Duration::from_millis(200)).await;
-                            continue;
+                        };
+                        consumer_errors.cleared();
+                        take(context, &filters, &mut lanes, message, commits_blocked);
+                        if taken == DRAIN_LIMIT || lanes.wants_hand_off() || lanes.is_high() {
+                            break;
                         }
-                    };
-                    consumer_errors.cleared();
-                    let key = (message.topic.clone(), message.partition);
-                    let Some(epoch) = context.ownership().epoch(&key) else {
-                        // Revoked between fetch and now: its owner fetches it.
-                        continue;
-                    };
-                    // Into its partition's lane; a full batch waits its
-                    // turn there while the lane (or committing) is busy.
-                    let passes = filters.passes(&message);
-                    lanes.take(&key, message, epoch, passes, commits_blocked);
-
+                        // (A message fetched here is always taken: the
+                        // checks above come first.)
+                        match consumer.recv().now_or_never() {
+                            Some(next) => received = next,
+                            None => break,
+                        }
+                    }
                 }
             }
         }
@@ -386,6 +394,24 @@ impl Pipeline {
         }
         block
     }
+}
+
+/// Takes a consumed message into its partition's lane, where a full batch
+/// waits its turn while the lane (or committing) is busy; drops it when its
+/// partition was revoked between fetch and now (its owner fetches it).
+fn take(
+    context: &PipelineContext,
+    filters: &SourceFilters,
+    lanes: &mut Lanes,
+    message: Record,
+    commits_blocked: bool,
+) {
+    let key = (message.topic.clone(), message.partition);
+    let Some(epoch) = context.ownership().epoch(&key) else {
+        return;
+    };
+    let passes = filters.passes(&message);
+    lanes.take(&key, message, epoch, passes, commits_blocked);
 }
 
 /// Looks whether subscription `id` is caught up everywhere (nothing is in
@@ -875,6 +901,10 @@ const COMMIT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping pipeline waits for its consumer to leave the group.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most how many messages one turn of the loop takes from the consumer's
+/// queue: enough that a turn's fixed cost is spread thin, few enough (a few
+/// milliseconds' work) that a stop or a finished batch is not kept waiting.
+const DRAIN_LIMIT: usize = 512;
 
 /// Runs a blocking librdkafka call on a thread of its own and waits for it at
 /// most `timeout`; `None` when it did not finish in time. A plain thread, not
