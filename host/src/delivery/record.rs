@@ -7,6 +7,8 @@
 //! (`"string"`) and anything else is base64 (`"base64"`). Keys and header values
 //! are strings, or base64 with `key_encoding`/`encoding` set to `"base64"`.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rdkafka::Message;
@@ -64,10 +66,13 @@ impl Record {
     }
 }
 
+// The body is serialised straight from the records: every string is
+// borrowed unless it must be base64-encoded, and no intermediate list is built.
+
 #[derive(Serialize)]
 struct WireHeader<'a> {
     key: &'a str,
-    value: Option<String>,
+    value: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
 }
@@ -76,7 +81,7 @@ struct WireHeader<'a> {
 #[serde(untagged)]
 enum WireValue<'a> {
     Json(&'a RawValue),
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
 #[derive(Serialize)]
@@ -85,20 +90,52 @@ struct WireRecord<'a> {
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: Option<String>,
+    key: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_encoding: Option<&'static str>,
-    headers: Vec<WireHeader<'a>>,
+    headers: WireHeaders<'a>,
     value: Option<WireValue<'a>>,
     value_encoding: &'static str,
 }
 
-/// Text if UTF-8, else base64 with its marker.
-fn text_or_base64(bytes: &[u8]) -> (String, Option<&'static str>) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (text.to_string(), None),
-        Err(_) => (STANDARD.encode(bytes), Some("base64")),
+/// A record's headers, serialised as `[{"key", "value"}]` as they are read.
+struct WireHeaders<'a>(&'a [(String, Option<Vec<u8>>)]);
+
+impl Serialize for WireHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(key, value)| {
+            let (value, encoding) = match value.as_deref().map(text_or_base64) {
+                Some((v, e)) => (Some(v), e),
+                None => (None, None),
+            };
+            WireHeader {
+                key,
+                value,
+                encoding,
+            }
+        }))
     }
+}
+
+/// Text if UTF-8, else base64 with its marker.
+fn text_or_base64(bytes: &[u8]) -> (Cow<'_, str>, Option<&'static str>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Cow::Borrowed(text), None),
+        Err(_) => (Cow::Owned(STANDARD.encode(bytes)), Some("base64")),
+    }
+}
+
+/// A value as the body holds it, and its encoding: JSON embedded as JSON,
+/// other UTF-8 text as a string, anything else as base64 in a string.
+fn wire_value(record: &Record) -> (Option<WireValue<'_>>, &'static str) {
+    let Some(bytes) = record.value.as_deref() else {
+        return (None, "null");
+    };
+    if let Some(json) = record.json_value() {
+        return (Some(WireValue::Json(json)), "json");
+    }
+    let (text, encoding) = text_or_base64(bytes);
+    (Some(WireValue::Text(text)), encoding.unwrap_or("string"))
 }
 
 fn wire(record: &Record) -> WireRecord<'_> {
@@ -106,16 +143,7 @@ fn wire(record: &Record) -> WireRecord<'_> {
         Some((k, e)) => (Some(k), e),
         None => (None, None),
     };
-    let (value, value_encoding) = match record.value.as_deref() {
-        None => (None, "null"),
-        Some(bytes) => match record.json_value() {
-            Some(json) => (Some(WireValue::Json(json)), "json"),
-            None => match std::str::from_utf8(bytes) {
-                Ok(text) => (Some(WireValue::Text(text.to_string())), "string"),
-                Err(_) => (Some(WireValue::Text(STANDARD.encode(bytes))), "base64"),
-            },
-        },
-    };
+    let (value, value_encoding) = wire_value(record);
     WireRecord {
         topic: &record.topic,
         partition: record.partition,
@@ -123,21 +151,7 @@ fn wire(record: &Record) -> WireRecord<'_> {
         timestamp: record.timestamp,
         key,
         key_encoding,
-        headers: record
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                let (value, encoding) = match v.as_deref().map(text_or_base64) {
-                    Some((v, e)) => (Some(v), e),
-                    None => (None, None),
-                };
-                WireHeader {
-                    key: k,
-                    value,
-                    encoding,
-                }
-            })
-            .collect(),
+        headers: WireHeaders(&record.headers),
         value,
         value_encoding,
     }
@@ -146,27 +160,27 @@ fn wire(record: &Record) -> WireRecord<'_> {
 /// The content type of [`json_body`].
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
+/// Serialises a JSON array of `items`, one after another into one buffer.
+fn json_array<'a, T: Serialize>(records: &'a [Record], item: impl Fn(&'a Record) -> T) -> Vec<u8> {
+    // Most of a body is the values themselves; the envelope adds about 150 B each.
+    let capacity: usize = records.iter().map(|r| r.content_bytes() + 160).sum();
+    let mut body = Vec::with_capacity(capacity);
+    let mut serializer = serde_json::Serializer::new(&mut body);
+    serde::Serializer::collect_seq(&mut serializer, records.iter().map(item))
+        .expect("records always serialise");
+    body
+}
+
 /// The JSON array body for a batch.
 pub fn json_body(records: &[Record]) -> Vec<u8> {
-    let wire: Vec<WireRecord<'_>> = records.iter().map(wire).collect();
-    serde_json::to_vec(&wire).expect("records always serialise")
+    json_array(records, wire)
 }
 
 /// The JSON array body for a batch, holding each message's value alone
 /// (`body_format: values`): JSON embedded as JSON, other UTF-8 text as a
 /// string, anything else as base64 in a string; a message without a value is null.
 pub fn values_body(records: &[Record]) -> Vec<u8> {
-    let values: Vec<Option<WireValue<'_>>> = records
-        .iter()
-        .map(|record| {
-            let bytes = record.value.as_deref()?;
-            Some(match record.json_value() {
-                Some(json) => WireValue::Json(json),
-                None => WireValue::Text(text_or_base64(bytes).0),
-            })
-        })
-        .collect();
-    serde_json::to_vec(&values).expect("values always serialise")
+    json_array(records, |record| wire_value(record).0)
 }
 
 /// The id a batch keeps across retries: where it starts.
