@@ -37,6 +37,12 @@
 //! Data paths, delivery semantics and where each decision lives:
 //! `docs/ARCHITECTURE.md`.
 
+/// mimalloc instead of the system allocator, for every binary that links
+/// wasmhook: the delivery path allocates and frees a few times per message,
+/// and glibc's malloc and free were a tenth of its CPU time in a profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod bridge;
 pub mod broker;
