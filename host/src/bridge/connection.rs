@@ -276,10 +276,7 @@ impl Session {
         Ok(json!({"committed": list(&acked.commit), "unknown": list(&acked.unknown)}))
     }
 
-    async fn queue(
-        &mut self,
-        message: &Outgoing,
-    ) -> Result<rdkafka::producer::DeliveryFuture, BridgeError> {
+    async fn queue(&mut self, message: &Outgoing) -> Result<crate::kafka::Acked, BridgeError> {
         self.principal.may_write(message.topic.as_str())?;
         self.check_exists(&message.topic).await?;
         self.bridge.producer.send(message).await

@@ -11,12 +11,12 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use super::error::BridgeError;
 use super::frame::Outgoing;
 use crate::config::BridgeSettings;
-use crate::kafka::KafkaConnection;
+use crate::kafka::{Acked, AckingProducer, KafkaConnection};
 
 /// Where a message was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,24 +27,25 @@ pub struct Written {
 
 #[derive(Clone)]
 pub struct BridgeProducer {
-    producer: FutureProducer,
+    producer: AckingProducer,
     timeout: Duration,
 }
 
 impl BridgeProducer {
     /// Builds the producer; nothing connects until the first message.
     pub fn new(kafka: &KafkaConnection, settings: &BridgeSettings) -> Result<Self, KafkaError> {
-        let producer = kafka
-            .producer_config("wasmhook-bridge", settings.produce_timeout)
-            .set(
-                "linger.ms",
-                settings.produce_interval.as_millis().to_string(),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                settings.produce_limit.get().to_string(),
-            )
-            .create()?;
+        let producer = AckingProducer::new(
+            kafka
+                .producer_config("wasmhook-bridge", settings.produce_timeout)
+                .set(
+                    "linger.ms",
+                    settings.produce_interval.as_millis().to_string(),
+                )
+                .set(
+                    "queue.buffering.max.messages",
+                    settings.produce_limit.get().to_string(),
+                ),
+        )?;
         Ok(Self {
             producer,
             timeout: settings.produce_timeout,
@@ -52,7 +53,7 @@ impl BridgeProducer {
     }
 
     /// Queues `message`, waiting (up to the produce timeout) while the queue is full.
-    pub async fn send(&self, message: &Outgoing) -> Result<DeliveryFuture, BridgeError> {
+    pub async fn send(&self, message: &Outgoing) -> Result<Acked, BridgeError> {
         let topic = message.topic.as_str();
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
@@ -74,11 +75,7 @@ impl BridgeProducer {
     }
 
     /// The brokers' answer about a queued message.
-    pub async fn written(
-        &self,
-        topic: &str,
-        delivery: DeliveryFuture,
-    ) -> Result<Written, BridgeError> {
+    pub async fn written(&self, topic: &str, delivery: Acked) -> Result<Written, BridgeError> {
         let answer = tokio::time::timeout(self.timeout + Duration::from_secs(1), delivery)
             .await
             .map_err(|_| BridgeError::ProduceTimeout(self.timeout))?;

@@ -18,14 +18,14 @@ use std::time::Duration;
 use futures::future::try_join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
 use super::alert::Transition;
 use super::health::LaneHealth;
 use super::record::Record;
 use super::state::{ConsumerState, StateHandle};
-use crate::kafka::{KafkaConnection, TopicLayout, Topics};
+use crate::kafka::{AckingProducer, KafkaConnection, TopicLayout, Topics};
 use crate::registry::Health;
 
 pub fn topic_for(subscription: Uuid) -> String {
@@ -135,7 +135,7 @@ fn describe(kind: DeadLetterFailure, topic: &str, code: RDKafkaErrorCode) -> Str
 
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: AckingProducer,
 }
 
 impl DeadLetters {
@@ -143,12 +143,13 @@ impl DeadLetters {
         // The topic is created with its subscription; re-creating it here
         // would use the broker's defaults and hide that it went missing: the
         // producer configuration never auto-creates.
-        let producer = kafka
-            .producer_config("wasmhook-dead-letter", Duration::from_secs(30))
-            // How long a missing topic is waited for before its messages
-            // fail as unknown: its creation is long past.
-            .set("topic.metadata.propagation.max.ms", "5000")
-            .create()?;
+        let producer = AckingProducer::new(
+            kafka
+                .producer_config("wasmhook-dead-letter", Duration::from_secs(30))
+                // How long a missing topic is waited for before its messages
+                // fail as unknown: its creation is long past.
+                .set("topic.metadata.propagation.max.ms", "5000"),
+        )?;
         Ok(Self { producer })
     }
 
@@ -205,7 +206,7 @@ impl DeadLetters {
             async move {
                 send.await
                     .map(|_| ())
-                    .map_err(|(error, _)| DeadLetterError::from_kafka(topic, &error))
+                    .map_err(|error| DeadLetterError::from_kafka(topic, &error))
             }
         });
         try_join_all(sends).await.map(|_| ())

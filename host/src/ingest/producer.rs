@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders, Timestamp};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 
 use super::error::IngestError;
 use super::record::Outgoing;
-use crate::kafka::KafkaConnection;
+use crate::kafka::{Acked, AckingProducer, KafkaConnection};
 
 /// Where a record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -32,23 +32,24 @@ pub struct Written {
 pub struct Pending {
     topic: String,
     timestamp: i64,
-    delivery: DeliveryFuture,
+    delivery: Acked,
 }
 
 #[derive(Clone)]
 pub struct RecordProducer {
-    producer: FutureProducer,
+    producer: AckingProducer,
     timeout: Duration,
 }
 
 impl RecordProducer {
     /// Builds the producer; nothing connects until the first record.
     pub fn new(kafka: &KafkaConnection, timeout: Duration) -> Result<Self, KafkaError> {
-        let producer = kafka
-            .producer_config("wasmhook-ingest", timeout)
-            .set("queue.buffering.max.kbytes", "65536")
-            .set("queue.buffering.max.messages", "100000")
-            .create()?;
+        let producer = AckingProducer::new(
+            kafka
+                .producer_config("wasmhook-ingest", timeout)
+                .set("queue.buffering.max.kbytes", "65536")
+                .set("queue.buffering.max.messages", "100000"),
+        )?;
         Ok(Self { producer, timeout })
     }
 
