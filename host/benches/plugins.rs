@@ -1,7 +1,7 @@
 //! Per-message cost of filtering and serialising, native and in WebAssembly:
 //!
 //! - `jmes`: the native JMESPath filter (`domain::JmesFilter`), on a parsed
-//!   `jmespath::Variable` (`match`) and from the raw JSON bytes as the
+//!   `JmesDocument` (`match`) and from the raw JSON bytes as the
 //!   pipeline does it (`parse+match`);
 //! - `wasm-filter`: the `field-match` Rust plugin at batches of 1, 100, 1000;
 //! - `wasm-serialiser`: the `cloudevents` Rust plugin at the same sizes.
@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use wasmhook::domain::{JmesFilter, PluginRole};
+use wasmhook::domain::{JmesDocument, JmesFilter, PluginRole};
 use wasmhook::plugin::{Message, PluginEngine, PluginInstance, RuntimeSettings};
 
 fn wasm(name: &str) -> Vec<u8> {
@@ -66,9 +66,9 @@ const SIZES: [usize; 3] = [1, 100, 1000];
 fn native_jmes(c: &mut Criterion) {
     let filter = JmesFilter::parse("customer.country == 'FR'".into()).expect("a valid expression");
     let raw: Vec<String> = (0..1000).map(value).collect();
-    let parsed: Vec<jmespath::Variable> = raw
+    let parsed: Vec<JmesDocument> = raw
         .iter()
-        .map(|v| jmespath::Variable::from_json(v).expect("JSON"))
+        .map(|v| JmesDocument::from_json(v).expect("JSON"))
         .collect();
     let mut group = c.benchmark_group("jmes");
     group.throughput(Throughput::Elements(1000));
@@ -79,7 +79,7 @@ fn native_jmes(c: &mut Criterion) {
         b.iter(|| {
             raw.iter()
                 .filter(|v| {
-                    jmespath::Variable::from_json(v)
+                    JmesDocument::from_json(v)
                         .map(|v| filter.matches(&v))
                         .unwrap_or(false)
                 })
