@@ -557,8 +557,38 @@ impl Bench {
             }))
             .await?;
         self.wait_running(&id).await?;
-        self.receiver.reset();
         let producer = self.producer("0")?;
+        // Assigned is not yet fetching: the consumer still looks up where
+        // each partition starts (a second on some brokers). One message per
+        // partition, received, shows it fetches everywhere; timing starts then.
+        for partition in 0..o.partitions {
+            let value = value(
+                u64::MAX,
+                chrono::Utc::now().timestamp_micros(),
+                o.message_bytes,
+            );
+            producer
+                .send(
+                    FutureRecord::<str, _>::to(&topic)
+                        .partition(partition)
+                        .payload(&value),
+                    o.timeout,
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .context("producing the warm-up messages")?;
+        }
+        let warm = Instant::now() + o.timeout;
+        while self.receiver.messages() < o.partitions as u64 {
+            if Instant::now() > warm {
+                bail!(
+                    "latency: the warm-up messages were not delivered within {:?}",
+                    o.timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.receiver.reset();
         let rows = o.latency_rate * o.latency_duration.as_secs().max(1);
         let before = process::sample(self.pid)?;
         let start = Instant::now();
