@@ -1,16 +1,23 @@
 //! JMES filters per source topic, ANDed; pure.
 //!
 //! A value that is not JSON fails any filter; a topic without filters passes
-//! everything.
+//! everything. A value is parsed once per message, and only as far as the
+//! topic's filters can read it ([`JmesReads`]).
 
 use std::collections::HashMap;
 
-use crate::domain::{JmesDocument, JmesFilter, SubscriptionSpec};
+use crate::domain::{JmesDocument, JmesFilter, JmesReads, SubscriptionSpec};
 
 use super::record::Record;
 
 pub struct SourceFilters {
-    by_topic: HashMap<String, Vec<JmesFilter>>,
+    by_topic: HashMap<String, TopicFilters>,
+}
+
+struct TopicFilters {
+    filters: Vec<JmesFilter>,
+    /// What all of them read together.
+    reads: JmesReads,
 }
 
 impl SourceFilters {
@@ -19,25 +26,36 @@ impl SourceFilters {
             by_topic: spec
                 .source
                 .iter()
-                .map(|s| (s.topic.as_str().to_string(), s.jmes_filters.clone()))
+                .filter(|s| !s.jmes_filters.is_empty())
+                .map(|s| {
+                    let reads = s
+                        .jmes_filters
+                        .iter()
+                        .map(|f| f.reads().clone())
+                        .fold(JmesReads::nothing(), JmesReads::union);
+                    let filters = s.jmes_filters.clone();
+                    (
+                        s.topic.as_str().to_string(),
+                        TopicFilters { filters, reads },
+                    )
+                })
                 .collect(),
         }
     }
 
     pub fn passes(&self, record: &Record) -> bool {
-        let filters = match self.by_topic.get(&record.topic) {
-            Some(f) if !f.is_empty() => f,
-            _ => return true,
+        let Some(topic) = self.by_topic.get(&record.topic) else {
+            return true;
         };
         let Some(document) = record
             .value
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(JmesDocument::from_json)
+            .and_then(|text| JmesDocument::read(text, &topic.reads))
         else {
             return false;
         };
-        filters.iter().all(|f| f.matches(&document))
+        topic.filters.iter().all(|f| f.matches(&document))
     }
 }
 

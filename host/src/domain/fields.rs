@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::jmes::{JmesDocument, Reads};
+
 /// What a masked secret looks like in every response.
 pub const MASK: &str = "********";
 
@@ -311,6 +313,8 @@ impl TopicName {
 pub struct JmesFilter {
     source: String,
     compiled: std::sync::Arc<jmespath::Expression<'static>>,
+    /// What it can read of a document: a document is parsed that far only.
+    reads: std::sync::Arc<Reads>,
 }
 
 /// Longest JMESPath expression accepted, in bytes.
@@ -349,13 +353,19 @@ impl JmesFilter {
                  (a long chain of '.', '|', '||', '&&' or comparisons counts one level per link)"
             ));
         }
+        let reads = Reads::of(compiled.as_ast());
         Ok(Self {
             source: value,
             compiled: std::sync::Arc::new(compiled),
+            reads: std::sync::Arc::new(reads),
         })
     }
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+    /// What the expression can read of a document ([`JmesDocument::read`]).
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
     /// True when the expression yields a truthy value for `document`
     /// (JMESPath truthiness: not null, false, "", [] or {}).
@@ -378,18 +388,6 @@ impl JmesFilter {
         let mut context =
             jmespath::Context::new(self.compiled.as_str(), &jmespath::DEFAULT_RUNTIME);
         jmespath::interpret(&document.0, self.compiled.as_ast(), &mut context)
-    }
-}
-
-/// A JSON document parsed once for any number of JMESPath searches.
-pub struct JmesDocument(jmespath::Rcvar);
-
-impl JmesDocument {
-    /// Parses JSON text; `None` when it is not JSON.
-    pub fn from_json(text: &str) -> Option<Self> {
-        jmespath::Variable::from_json(text)
-            .ok()
-            .map(|variable| Self(jmespath::Rcvar::new(variable)))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod access;
 mod fields;
+mod jmes;
 mod plugin;
 mod subscription;
 
@@ -15,9 +16,10 @@ pub use access::{
 };
 pub use fields::{
     Active, AlertChannel, BatchBytes, BatchInterval, BatchSize, BodyFormat, EmailAddress,
-    FixedDelay, HeaderLine, JmesDocument, JmesFilter, MASK, MaxInFlightBatches, MaxRetries,
-    RateLimit, RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
+    FixedDelay, HeaderLine, JmesFilter, MASK, MaxInFlightBatches, MaxRetries, RateLimit,
+    RetryAlgorithm, SubscriptionName, TopicName, WebhookUrl,
 };
+pub use jmes::{JmesDocument, Reads as JmesReads};
 pub use plugin::{
     PluginAttachment, PluginConfig, PluginName, PluginRole, PluginVersion, SecretConfig,
     UnknownRole,

@@ -99,7 +99,7 @@ impl KeyPath {
             path: self.0.as_str().to_string(),
         };
         let text = std::str::from_utf8(json).map_err(|_| not_found())?;
-        let document = JmesDocument::from_json(text).ok_or_else(not_found)?;
+        let document = JmesDocument::read(text, self.0.reads()).ok_or_else(not_found)?;
         let found = self.0.value(&document).ok_or_else(not_found)?;
         Ok(match found.as_string() {
             Some(text) => text.clone().into_bytes(),
