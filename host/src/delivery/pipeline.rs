@@ -32,7 +32,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use rdkafka::consumer::Consumer;
@@ -225,7 +225,8 @@ impl Pipeline {
         // `hibernate_after`; two looks in a row that find it caught up
         // everywhere with the same marks put it to sleep. A look runs beside
         // the loop (the consumer must go on being polled: rebalances are
-        // served from `recv`); any activity drops it and starts the count again.
+        // served while its messages are); any activity drops it and starts
+        // the count again.
         let look_every = self.shared.settings.hibernate_after.map(|after| after / 2);
         let topics: Vec<String> = self.spec.topics().into_iter().map(str::to_string).collect();
         let mut joined = false;
@@ -233,6 +234,9 @@ impl Pipeline {
         let mut looking: Option<JoinHandle<Option<Marks>>> = None;
         let mut quiet: Option<Marks> = None;
         let mut ended = Ended::Stopped;
+        // One stream for the pipeline's life: each `recv()` would register
+        // a waker slot with the consumer (two lock round trips per message).
+        let mut messages = consumer.stream();
 
         loop {
             // Hand each lane's oldest batch to delivery as soon as both are ready.
@@ -322,7 +326,7 @@ impl Pipeline {
                         marks => quiet = marks,
                     }
                 }
-                received = consumer.recv() => {
+                received = messages.next().map(|next| next.expect("Kafka streams never end")) => {
                     last_activity = Instant::now();
                     quiet = None;
                     drop_look(&mut looking);
@@ -354,7 +358,7 @@ impl Pipeline {
                         }
                         // (A message fetched here is always taken: the
                         // checks above come first.)
-                        match consumer.recv().now_or_never() {
+                        match messages.next().now_or_never().flatten() {
                             Some(next) => received = next,
                             None => break,
                         }
