@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureRecord;
 
 use super::error::BridgeError;
@@ -55,23 +55,14 @@ impl BridgeProducer {
     /// Queues `message`, waiting (up to the produce timeout) while the queue is full.
     pub async fn send(&self, message: &Outgoing) -> Result<Acked, BridgeError> {
         let topic = message.topic.as_str();
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&message.value);
-            if let Some(key) = &message.key {
-                record = record.key(key);
-            }
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((error, _))
-                    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err((error, _)) => return Err(BridgeError::from_produce(topic, &error)),
-            }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&message.value);
+        if let Some(key) = &message.key {
+            record = record.key(key);
         }
+        self.producer
+            .queue(record, self.timeout)
+            .await
+            .map_err(|error| BridgeError::from_produce(topic, &error))
     }
 
     /// The brokers' answer about a queued message.

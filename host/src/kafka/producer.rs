@@ -70,6 +70,9 @@ pub struct AckingProducer {
 struct Inner {
     producer: Arc<BaseProducer<Acks>>,
     stop: Arc<AtomicBool>,
+    /// Alive while the polling thread runs (it holds the only strong count).
+    #[cfg_attr(not(test), allow(dead_code))] // what the tests watch
+    running: std::sync::Weak<()>,
 }
 
 impl Drop for Inner {
@@ -84,9 +87,12 @@ impl AckingProducer {
         let producer: Arc<BaseProducer<Acks>> = Arc::new(config.create_with_context(Acks)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (polled, stopped) = (producer.clone(), stop.clone());
+        let alive = Arc::new(());
+        let running = Arc::downgrade(&alive);
         std::thread::Builder::new()
             .name("kafka-acks".into())
             .spawn(move || {
+                let _alive = alive;
                 while !stopped.load(Ordering::Relaxed) {
                     polled.poll(POLL_WINDOW);
                 }
@@ -95,7 +101,11 @@ impl AckingProducer {
                 KafkaError::ClientCreation(format!("cannot start a producer thread: {error}"))
             })?;
         Ok(Self {
-            inner: Arc::new(Inner { producer, stop }),
+            inner: Arc::new(Inner {
+                producer,
+                stop,
+                running,
+            }),
         })
     }
 
@@ -138,12 +148,12 @@ impl AckingProducer {
     }
 
     /// Queues `record`, trying again while librdkafka's queue is full for
-    /// up to `queue_timeout`, and waits for its acknowledgement.
-    pub async fn send<K, P>(
+    /// up to `queue_timeout`; the acknowledgement is left to the caller.
+    pub async fn queue<K, P>(
         &self,
         mut record: FutureRecord<'_, K, P>,
         queue_timeout: Duration,
-    ) -> Result<Delivery, KafkaError>
+    ) -> Result<Acked, KafkaError>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
@@ -151,12 +161,7 @@ impl AckingProducer {
         let started = Instant::now();
         loop {
             match self.send_result(record) {
-                Ok(acked) => {
-                    return match acked.await {
-                        Ok(result) => result.map_err(|(error, _)| error),
-                        Err(_) => Err(KafkaError::Canceled),
-                    };
-                }
+                Ok(acked) => return Ok(acked),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if started.elapsed() < queue_timeout =>
                 {
@@ -168,6 +173,23 @@ impl AckingProducer {
         }
     }
 
+    /// Queues `record` as [`Self::queue`] does and waits for its
+    /// acknowledgement.
+    pub async fn send<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+        queue_timeout: Duration,
+    ) -> Result<Delivery, KafkaError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        match self.queue(record, queue_timeout).await?.await {
+            Ok(result) => result.map_err(|(error, _)| error),
+            Err(_) => Err(KafkaError::Canceled),
+        }
+    }
+
     /// Waits up to `within` until every queued message is acknowledged.
     pub fn flush(&self, within: Duration) -> KafkaResult<()> {
         self.inner.producer.flush(within)
@@ -176,5 +198,36 @@ impl AckingProducer {
     /// How many messages are queued or in flight.
     pub fn in_flight_count(&self) -> i32 {
         self.inner.producer.in_flight_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_polling_thread_ends_once_the_last_clone_is_dropped() {
+        // No broker is needed to create a producer; nothing is sent.
+        let producer = AckingProducer::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:1")
+                .set("log_level", "0"),
+        )
+        .expect("a producer");
+        let running = producer.inner.running.clone();
+        let clone = producer.clone();
+        drop(producer);
+        assert!(running.upgrade().is_some(), "a clone still holds it");
+        drop(clone);
+        // The thread notices within one poll window.
+        let deadline = Instant::now() + POLL_WINDOW * 5;
+        while running.upgrade().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "the polling thread still runs {:?} after the last clone was dropped",
+                POLL_WINDOW * 5
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
