@@ -174,14 +174,14 @@ impl Lanes {
     /// lane took one.
     pub(super) fn hand_off(&mut self, context: &PipelineContext, stop: &CancellationToken) -> bool {
         let mut started = false;
-        for (index, lane) in self.lanes.iter_mut().enumerate() {
-            if lane.in_flight.is_some() {
+        for index in 0..self.lanes.len() {
+            if !self.can_start(index) {
                 continue;
             }
+            let lane = &mut self.lanes[index];
             let next = match self.ready.pop(index) {
                 Some(flush) => flush,
-                None if due(&lane.batcher) => lane.batcher.take(),
-                None => continue,
+                None => lane.batcher.take(),
             };
             let flush = keep_owned(next, context);
             let deliverer = lane
@@ -197,9 +197,14 @@ impl Lanes {
     /// Whether some idle lane has a batch it could hand off now: a full or
     /// due open batch, or one waiting (the loop's next turn starts it).
     pub(super) fn wants_hand_off(&self) -> bool {
-        self.lanes.iter().enumerate().any(|(index, lane)| {
-            lane.in_flight.is_none() && (!self.ready.is_empty(index) || due(&lane.batcher))
-        })
+        (0..self.lanes.len()).any(|index| self.can_start(index))
+    }
+
+    /// Whether lane `index` is idle and has a batch waiting, or an open one
+    /// that is due.
+    fn can_start(&self, index: usize) -> bool {
+        let lane = &self.lanes[index];
+        lane.in_flight.is_none() && (!self.ready.is_empty(index) || due(&lane.batcher))
     }
 
     /// True when nothing is in hand: no batch in flight, waiting or being

@@ -104,10 +104,7 @@ struct WireHeaders<'a>(&'a [(String, Option<Vec<u8>>)]);
 impl Serialize for WireHeaders<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter().map(|(key, value)| {
-            let (value, encoding) = match value.as_deref().map(text_or_base64) {
-                Some((v, e)) => (Some(v), e),
-                None => (None, None),
-            };
+            let (value, encoding) = optional_text(value.as_deref());
             WireHeader {
                 key,
                 value,
@@ -125,6 +122,14 @@ fn text_or_base64(bytes: &[u8]) -> (Cow<'_, str>, Option<&'static str>) {
     }
 }
 
+/// Optional bytes as an optional string, and `"base64"` when encoded.
+fn optional_text(bytes: Option<&[u8]>) -> (Option<Cow<'_, str>>, Option<&'static str>) {
+    match bytes.map(text_or_base64) {
+        Some((text, encoding)) => (Some(text), encoding),
+        None => (None, None),
+    }
+}
+
 /// A value as the body holds it, and its encoding: JSON embedded as JSON,
 /// other UTF-8 text as a string, anything else as base64 in a string.
 fn wire_value(record: &Record) -> (Option<WireValue<'_>>, &'static str) {
@@ -139,10 +144,7 @@ fn wire_value(record: &Record) -> (Option<WireValue<'_>>, &'static str) {
 }
 
 fn wire(record: &Record) -> WireRecord<'_> {
-    let (key, key_encoding) = match record.key.as_deref().map(text_or_base64) {
-        Some((k, e)) => (Some(k), e),
-        None => (None, None),
-    };
+    let (key, key_encoding) = optional_text(record.key.as_deref());
     let (value, value_encoding) = wire_value(record);
     WireRecord {
         topic: &record.topic,

@@ -70,6 +70,18 @@ impl CountingReceiver {
         self.shared.messages.load(Ordering::SeqCst)
     }
 
+    /// Waits until `count` messages have arrived, or `deadline` passed;
+    /// returns whether they arrived.
+    pub async fn wait_for(&self, count: u64, deadline: Instant) -> bool {
+        while self.messages() < count {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
     }

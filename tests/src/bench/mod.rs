@@ -481,10 +481,10 @@ impl Bench {
         // (librdkafka fetches ahead of the first request, so the first
         // receipt would be too late a start).
         let started = self.first_running(&ids).await?;
-        let deadline = Instant::now() + self.options.timeout;
-        while self.receiver.messages() < expected && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Short of them, what did arrive is reported below.
+        self.receiver
+            .wait_for(expected, Instant::now() + self.options.timeout)
+            .await;
         let after = process::sample(self.pid)?;
         let delivered = self.receiver.messages();
         // Every message reached a final outcome: the counters say so (they
@@ -579,14 +579,11 @@ impl Bench {
                 .context("producing the warm-up messages")?;
         }
         let warm = Instant::now() + o.timeout;
-        while self.receiver.messages() < o.partitions as u64 {
-            if Instant::now() > warm {
-                bail!(
-                    "latency: the warm-up messages were not delivered within {:?}",
-                    o.timeout
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if !self.receiver.wait_for(o.partitions as u64, warm).await {
+            bail!(
+                "latency: the warm-up messages were not delivered within {:?}",
+                o.timeout
+            );
         }
         self.receiver.reset();
         let rows = o.latency_rate * o.latency_duration.as_secs().max(1);
@@ -606,10 +603,10 @@ impl Bench {
             while let Some(Some(_)) = futures::FutureExt::now_or_never(pending.next()) {}
         }
         while pending.next().await.is_some() {}
-        let deadline = Instant::now() + o.timeout;
-        while self.receiver.messages() < rows && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Short of them, the shortfall is reported below.
+        self.receiver
+            .wait_for(rows, Instant::now() + o.timeout)
+            .await;
         let after = process::sample(self.pid)?;
         self.unsubscribe(&id).await?;
         let latencies = self.receiver.latencies_ms();
