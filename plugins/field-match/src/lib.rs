@@ -13,7 +13,6 @@
 //!
 //! It does not look at keys or headers, and does not do pattern matching.
 
-use serde_json::Value;
 use wasmhook_guest_sdk::{Config, Filter, Message, config};
 use wasmhook_plugin_common::{FieldPath, scalar_text};
 
@@ -28,14 +27,13 @@ pub struct FieldMatch {
 
 impl FieldMatch {
     fn keeps(&self, message: &Message) -> bool {
-        let Ok(value) = serde_json::from_slice::<Value>(&message.value) else {
-            return self.keep_missing;
-        };
-        let Some(field) = self.field.get(&value) else {
+        // Only the field is built from the value; the rest is only checked
+        // to be JSON.
+        let Ok(Some(field)) = self.field.find(&message.value) else {
             return self.keep_missing;
         };
         let matched =
-            scalar_text(field).is_some_and(|text| self.accepted.iter().any(|a| *a == text));
+            scalar_text(&field).is_some_and(|text| self.accepted.iter().any(|a| *a == text));
         matched != self.negate
     }
 }

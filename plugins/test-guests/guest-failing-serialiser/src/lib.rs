@@ -24,7 +24,10 @@ impl Serialiser for Failing {
         if self.trap {
             panic!("guest-failing-serialiser traps on {} messages", batch.len());
         }
-        Err(format!("guest-failing-serialiser refuses {} messages", batch.len()))
+        Err(format!(
+            "guest-failing-serialiser refuses {} messages",
+            batch.len()
+        ))
     }
 }
 

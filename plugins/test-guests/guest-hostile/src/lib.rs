@@ -55,7 +55,9 @@ impl Filter for Hostile {
             "resources" => {
                 for _ in 0..1_000_000 {
                     // A pollable the guest never drops: a host resource each.
-                    std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1_000_000_000));
+                    std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(
+                        1_000_000_000,
+                    ));
                 }
             }
             "fail-until" => {

@@ -10,11 +10,7 @@ impl Policy for Trapping {
         Ok(Trapping)
     }
 
-    fn authorise(
-        &mut self,
-        _: &SubscriberContext,
-        _: &[Message],
-    ) -> Result<Vec<Decision>, String> {
+    fn authorise(&mut self, _: &SubscriberContext, _: &[Message]) -> Result<Vec<Decision>, String> {
         // `unreachable` in the guest: a trap, not an error result.
         panic!("guest-trap-policy always traps")
     }
