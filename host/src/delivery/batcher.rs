@@ -186,6 +186,7 @@ mod tests {
             key: None,
             value: None,
             headers: vec![],
+            value_is_json: false,
         }
     }
 

@@ -43,7 +43,10 @@ impl SourceFilters {
         }
     }
 
-    pub fn passes(&self, record: &Record) -> bool {
+    /// Whether `record` passes its topic's filters. A value it parsed is
+    /// marked as JSON ([`Record::value_is_json`]), so the body need not
+    /// check it again.
+    pub fn passes(&self, record: &mut Record) -> bool {
         let Some(topic) = self.by_topic.get(&record.topic) else {
             return true;
         };
@@ -55,6 +58,8 @@ impl SourceFilters {
         else {
             return false;
         };
+        // The partial parse checked all of it as JSON, as the body would.
+        record.value_is_json = true;
         topic.filters.iter().all(|f| f.matches(&document))
     }
 }
@@ -83,6 +88,7 @@ mod tests {
             key: None,
             value: Some(value.to_vec()),
             headers: vec![],
+            value_is_json: false,
         }
     }
 
@@ -92,16 +98,16 @@ mod tests {
             {"topic": "a", "jmes_filters": ["amount > `10`", "currency == 'EUR'"]},
             {"topic": "b"}
         ]));
-        assert!(f.passes(&record("a", br#"{"amount": 11, "currency": "EUR"}"#)));
-        assert!(!f.passes(&record("a", br#"{"amount": 11, "currency": "USD"}"#)));
-        assert!(!f.passes(&record("a", br#"{"amount": 1, "currency": "EUR"}"#)));
-        assert!(f.passes(&record("b", b"not json at all")));
+        assert!(f.passes(&mut record("a", br#"{"amount": 11, "currency": "EUR"}"#)));
+        assert!(!f.passes(&mut record("a", br#"{"amount": 11, "currency": "USD"}"#)));
+        assert!(!f.passes(&mut record("a", br#"{"amount": 1, "currency": "EUR"}"#)));
+        assert!(f.passes(&mut record("b", b"not json at all")));
     }
 
     #[test]
     fn a_value_that_is_not_json_fails_any_filter() {
         let f = filters(serde_json::json!([{"topic": "a", "jmes_filters": ["`true`"]}]));
-        assert!(!f.passes(&record("a", b"plain")));
-        assert!(f.passes(&record("a", b"{}")));
+        assert!(!f.passes(&mut record("a", b"plain")));
+        assert!(f.passes(&mut record("a", b"{}")));
     }
 }

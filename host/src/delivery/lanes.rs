@@ -174,8 +174,9 @@ impl Lanes {
     /// lane took one.
     pub(super) fn hand_off(&mut self, context: &PipelineContext, stop: &CancellationToken) -> bool {
         let mut started = false;
+        let now = Instant::now();
         for index in 0..self.lanes.len() {
-            if !self.can_start(index) {
+            if !self.can_start(index, now) {
                 continue;
             }
             let lane = &mut self.lanes[index];
@@ -196,15 +197,15 @@ impl Lanes {
 
     /// Whether some idle lane has a batch it could hand off now: a full or
     /// due open batch, or one waiting (the loop's next turn starts it).
-    pub(super) fn wants_hand_off(&self) -> bool {
-        (0..self.lanes.len()).any(|index| self.can_start(index))
+    pub(super) fn wants_hand_off(&self, now: Instant) -> bool {
+        (0..self.lanes.len()).any(|index| self.can_start(index, now))
     }
 
     /// Whether lane `index` is idle and has a batch waiting, or an open one
-    /// that is due.
-    fn can_start(&self, index: usize) -> bool {
+    /// that is due at `now`.
+    fn can_start(&self, index: usize, now: Instant) -> bool {
         let lane = &self.lanes[index];
-        lane.in_flight.is_none() && (!self.ready.is_empty(index) || due(&lane.batcher))
+        lane.in_flight.is_none() && (!self.ready.is_empty(index) || due(&lane.batcher, now))
     }
 
     /// True when nothing is in hand: no batch in flight, waiting or being
@@ -223,24 +224,25 @@ impl Lanes {
     /// Takes a consumed message of partition `key`, fetched in ownership
     /// `epoch`, into its lane's open batch (`passes`: the filters kept it;
     /// else it only moves the position). A full batch that cannot go now (its
-    /// lane is busy, or `held`: hand-offs are held) waits its turn.
+    /// lane is busy, or `held`: hand-offs are held) waits its turn. `now`
+    /// opens a batch's interval (one clock reading serves a loop turn).
     pub(super) fn take(
         &mut self,
         key: &PartitionKey,
         message: Record,
-        epoch: u64,
+        (epoch, now): (u64, Instant),
         passes: bool,
         held: bool,
     ) {
         let index = self.map.lane_for(key);
         let lane = &mut self.lanes[index];
         if passes {
-            if let Some(closed) = lane.batcher.push(message, epoch, Instant::now()) {
+            if let Some(closed) = lane.batcher.push(message, epoch, now) {
                 // Closed by its byte cap: it goes before the open one.
                 self.ready.push(index, closed);
             }
         } else {
-            lane.batcher.skip(&message, epoch, Instant::now());
+            lane.batcher.skip(&message, epoch, now);
         }
         if lane.batcher.is_full() && (lane.in_flight.is_some() || held) {
             self.ready.push(index, lane.batcher.take());
@@ -429,8 +431,8 @@ impl Ready {
 }
 
 /// A batch is due when full, or when its interval has passed.
-fn due(batcher: &Batcher) -> bool {
-    batcher.is_full() || batcher.deadline().is_some_and(|at| at <= Instant::now())
+fn due(batcher: &Batcher, now: Instant) -> bool {
+    batcher.is_full() || batcher.deadline().is_some_and(|at| at <= now)
 }
 
 /// The flush without the partitions no longer owned in the epoch they were

@@ -327,7 +327,10 @@ impl Pipeline {
                     }
                 }
                 received = messages.next().map(|next| next.expect("Kafka streams never end")) => {
-                    last_activity = Instant::now();
+                    // One clock reading serves the turn: it only takes what
+                    // was fetched already (a few microseconds per message).
+                    let now = Instant::now();
+                    last_activity = now;
                     quiet = None;
                     drop_look(&mut looking);
                     // What else has arrived already is taken without a turn
@@ -352,8 +355,8 @@ impl Pipeline {
                             }
                         };
                         consumer_errors.cleared();
-                        take(context, &filters, &mut lanes, message, commits_blocked);
-                        if taken == DRAIN_LIMIT || lanes.wants_hand_off() || lanes.is_high() {
+                        take(context, &filters, &mut lanes, message, now, commits_blocked);
+                        if taken == DRAIN_LIMIT || lanes.wants_hand_off(now) || lanes.is_high() {
                             break;
                         }
                         // (A message fetched here is always taken: the
@@ -407,15 +410,16 @@ fn take(
     context: &PipelineContext,
     filters: &SourceFilters,
     lanes: &mut Lanes,
-    message: Record,
+    mut message: Record,
+    now: Instant,
     commits_blocked: bool,
 ) {
     let key = (message.topic.clone(), message.partition);
     let Some(epoch) = context.ownership().epoch(&key) else {
         return;
     };
-    let passes = filters.passes(&message);
-    lanes.take(&key, message, epoch, passes, commits_blocked);
+    let passes = filters.passes(&mut message);
+    lanes.take(&key, message, (epoch, now), passes, commits_blocked);
 }
 
 /// Looks whether subscription `id` is caught up everywhere (nothing is in

@@ -358,6 +358,7 @@ impl PluginStages {
                     let mut record = record.clone();
                     if let Some(value) = redacted {
                         record.value = Some(value);
+                        record.value_is_json = false;
                     }
                     kept.push(record);
                 }

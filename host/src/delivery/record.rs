@@ -25,6 +25,10 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Set once the value was parsed as JSON (by the topic's JMES filters):
+    /// the body embeds it without checking it again. Whoever replaces the
+    /// value clears it.
+    pub value_is_json: bool,
 }
 
 impl Record {
@@ -45,6 +49,7 @@ impl Record {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
             headers,
+            value_is_json: false,
         }
     }
 
@@ -59,15 +64,23 @@ impl Record {
         self.value.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len) + headers
     }
 
-    /// The value as JSON text, when it is JSON.
-    pub fn json_value(&self) -> Option<&RawValue> {
+    /// The value as JSON text (without the whitespace around it), when it
+    /// is JSON: checked here unless it was already.
+    pub fn json_value(&self) -> Option<&[u8]> {
         let bytes = self.value.as_deref()?;
-        serde_json::from_slice::<&RawValue>(bytes).ok()
+        if self.value_is_json {
+            return Some(bytes.trim_ascii());
+        }
+        serde_json::from_slice::<&RawValue>(bytes)
+            .ok()
+            .map(|json| json.get().as_bytes())
     }
 }
 
-// The body is serialised straight from the records: every string is
-// borrowed unless it must be base64-encoded, and no intermediate list is built.
+// The body is written straight from the records, one field after another
+// (JSON values are embedded as they are, which serde cannot do without
+// checking them again); every string goes through serde_json, borrowed unless
+// it must be base64-encoded.
 
 #[derive(Serialize)]
 struct WireHeader<'a> {
@@ -75,27 +88,6 @@ struct WireHeader<'a> {
     value: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum WireValue<'a> {
-    Json(&'a RawValue),
-    Text(Cow<'a, str>),
-}
-
-#[derive(Serialize)]
-struct WireRecord<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    timestamp: Option<i64>,
-    key: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_encoding: Option<&'static str>,
-    headers: WireHeaders<'a>,
-    value: Option<WireValue<'a>>,
-    value_encoding: &'static str,
 }
 
 /// A record's headers, serialised as `[{"key", "value"}]` as they are read.
@@ -130,59 +122,88 @@ fn optional_text(bytes: Option<&[u8]>) -> (Option<Cow<'_, str>>, Option<&'static
     }
 }
 
-/// A value as the body holds it, and its encoding: JSON embedded as JSON,
-/// other UTF-8 text as a string, anything else as base64 in a string.
-fn wire_value(record: &Record) -> (Option<WireValue<'_>>, &'static str) {
-    let Some(bytes) = record.value.as_deref() else {
-        return (None, "null");
-    };
-    if let Some(json) = record.json_value() {
-        return (Some(WireValue::Json(json)), "json");
-    }
-    let (text, encoding) = text_or_base64(bytes);
-    (Some(WireValue::Text(text)), encoding.unwrap_or("string"))
+/// Appends `value` as JSON.
+fn put(body: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    serde_json::to_writer(body, value).expect("strings, numbers and lists always serialise");
 }
 
-fn wire(record: &Record) -> WireRecord<'_> {
-    let (key, key_encoding) = optional_text(record.key.as_deref());
-    let (value, value_encoding) = wire_value(record);
-    WireRecord {
-        topic: &record.topic,
-        partition: record.partition,
-        offset: record.offset,
-        timestamp: record.timestamp,
-        key,
-        key_encoding,
-        headers: WireHeaders(&record.headers),
-        value,
-        value_encoding,
+/// Appends a value as the body holds it, and returns its encoding: JSON
+/// embedded as JSON, other UTF-8 text as a string, anything else as base64
+/// in a string, no value as null.
+fn put_value(body: &mut Vec<u8>, record: &Record) -> &'static str {
+    let Some(bytes) = record.value.as_deref() else {
+        body.extend_from_slice(b"null");
+        return "null";
+    };
+    if let Some(json) = record.json_value() {
+        body.extend_from_slice(json);
+        return "json";
     }
+    let (text, encoding) = text_or_base64(bytes);
+    put(body, &text);
+    encoding.unwrap_or("string")
+}
+
+/// Appends the envelope of one record: `topic`, `partition`, `offset`,
+/// `timestamp`, `key` (and `key_encoding` when base64), `headers`, `value`,
+/// `value_encoding`, in that order.
+fn put_envelope(body: &mut Vec<u8>, record: &Record) {
+    body.extend_from_slice(b"{\"topic\":");
+    put(body, &record.topic);
+    body.extend_from_slice(b",\"partition\":");
+    put(body, &record.partition);
+    body.extend_from_slice(b",\"offset\":");
+    put(body, &record.offset);
+    body.extend_from_slice(b",\"timestamp\":");
+    put(body, &record.timestamp);
+    let (key, key_encoding) = optional_text(record.key.as_deref());
+    body.extend_from_slice(b",\"key\":");
+    put(body, &key);
+    if let Some(encoding) = key_encoding {
+        body.extend_from_slice(b",\"key_encoding\":");
+        put(body, encoding);
+    }
+    body.extend_from_slice(b",\"headers\":");
+    put(body, &WireHeaders(&record.headers));
+    body.extend_from_slice(b",\"value\":");
+    let encoding = put_value(body, record);
+    body.extend_from_slice(b",\"value_encoding\":");
+    put(body, encoding);
+    body.push(b'}');
 }
 
 /// The content type of [`json_body`].
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
-/// Serialises a JSON array of `items`, one after another into one buffer.
-fn json_array<'a, T: Serialize>(records: &'a [Record], item: impl Fn(&'a Record) -> T) -> Vec<u8> {
+/// A JSON array of one item per record, written one after another into one
+/// buffer.
+fn json_array(records: &[Record], put_item: impl Fn(&mut Vec<u8>, &Record)) -> Vec<u8> {
     // Most of a body is the values themselves; the envelope adds about 150 B each.
     let capacity: usize = records.iter().map(|r| r.content_bytes() + 160).sum();
-    let mut body = Vec::with_capacity(capacity);
-    let mut serializer = serde_json::Serializer::new(&mut body);
-    serde::Serializer::collect_seq(&mut serializer, records.iter().map(item))
-        .expect("records always serialise");
+    let mut body = Vec::with_capacity(capacity + 2);
+    body.push(b'[');
+    for (index, record) in records.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        put_item(&mut body, record);
+    }
+    body.push(b']');
     body
 }
 
 /// The JSON array body for a batch.
 pub fn json_body(records: &[Record]) -> Vec<u8> {
-    json_array(records, wire)
+    json_array(records, put_envelope)
 }
 
 /// The JSON array body for a batch, holding each message's value alone
 /// (`body_format: values`): JSON embedded as JSON, other UTF-8 text as a
 /// string, anything else as base64 in a string; a message without a value is null.
 pub fn values_body(records: &[Record]) -> Vec<u8> {
-    json_array(records, |record| wire_value(record).0)
+    json_array(records, |body, record| {
+        put_value(body, record);
+    })
 }
 
 /// The id a batch keeps across retries: where it starts.
@@ -221,6 +242,7 @@ mod tests {
             key: Some(vec![0xff]),
             value: Some(value.to_vec()),
             headers: vec![("h".into(), Some(b"v".to_vec()))],
+            value_is_json: false,
         }
     }
 
@@ -241,6 +263,38 @@ mod tests {
         assert_eq!(v[0]["key"], "/w==");
         assert_eq!(v[0]["key_encoding"], "base64");
         assert_eq!(v[0]["headers"][0]["value"], "v");
+    }
+
+    #[test]
+    fn the_envelope_keeps_its_fields_in_order_and_escapes_strings() {
+        let mut r = record(5, b"  {\"a\": [1, 2]}\n");
+        r.topic = "t\"q".into();
+        r.key = Some(b"k\\".to_vec());
+        r.headers.push(("bin".into(), Some(vec![0xff])));
+        r.headers.push(("none".into(), None));
+        assert_eq!(
+            String::from_utf8(json_body(&[r])).unwrap(),
+            r#"[{"topic":"t\"q","partition":0,"offset":5,"timestamp":1,"key":"k\\","headers":[{"key":"h","value":"v"},{"key":"bin","value":"/w==","encoding":"base64"},{"key":"none","value":null}],"value":{"a": [1, 2]},"value_encoding":"json"}]"#
+        );
+    }
+
+    #[test]
+    fn a_value_already_parsed_as_json_is_embedded_as_one_checked_here() {
+        for value in [
+            &br#"{"a": 1}"#[..],
+            b" \t{\"a\":[true,null]}\r\n",
+            b"12",
+            b"\"text\"",
+        ] {
+            let mut parsed = record(1, value);
+            parsed.value_is_json = true;
+            let checked = record(1, value);
+            assert_eq!(
+                json_body(std::slice::from_ref(&parsed)),
+                json_body(std::slice::from_ref(&checked))
+            );
+            assert_eq!(values_body(&[parsed]), values_body(&[checked]));
+        }
     }
 
     #[test]

@@ -468,6 +468,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), Some(v.as_bytes().to_vec())))
                 .collect(),
+            value_is_json: false,
         }
     }
 

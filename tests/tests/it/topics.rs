@@ -43,6 +43,7 @@ fn a_record() -> Record {
         key: Some(b"k".to_vec()),
         value: Some(br#"{"n":7}"#.to_vec()),
         headers: Vec::new(),
+        value_is_json: false,
     }
 }
 
