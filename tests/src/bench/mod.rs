@@ -137,8 +137,14 @@ pub struct Throughput {
     pub seconds: f64,
     pub consumed_per_second: f64,
     pub delivered_per_second: f64,
-    /// wasmhook's CPU time per consumed message (none for bare consumers).
+    /// wasmhook's CPU time per consumed message, from before the
+    /// subscriptions were created (their start-up included: group joins,
+    /// plugins instantiated) to the last delivery; none for bare consumers.
     pub cpu_us_per_message: Option<f64>,
+    /// The same from the first assignment on: what consuming costs once
+    /// running (messages taken by a consumer in the few milliseconds before
+    /// that sample are counted without their CPU time).
+    pub cpu_us_per_message_consuming: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -445,6 +451,7 @@ impl Bench {
             consumed_per_second: consumed as f64 / seconds,
             delivered_per_second: 0.0,
             cpu_us_per_message: None,
+            cpu_us_per_message_consuming: None,
         })
     }
 
@@ -481,6 +488,7 @@ impl Bench {
         // (librdkafka fetches ahead of the first request, so the first
         // receipt would be too late a start).
         let started = self.first_running(&ids).await?;
+        let running = process::sample(self.pid)?;
         // Short of them, what did arrive is reported below.
         self.receiver
             .wait_for(expected, Instant::now() + self.options.timeout)
@@ -526,6 +534,9 @@ impl Bench {
             delivered_per_second: delivered as f64 / seconds,
             cpu_us_per_message: Some(
                 (after.cpu - before.cpu).as_secs_f64() * 1e6 / consumed.max(1) as f64,
+            ),
+            cpu_us_per_message_consuming: Some(
+                (after.cpu - running.cpu).as_secs_f64() * 1e6 / consumed.max(1) as f64,
             ),
         })
     }
@@ -827,10 +838,12 @@ impl Bench {
 }
 
 fn describe_throughput(t: &Throughput) -> String {
-    let cpu = t
-        .cpu_us_per_message
-        .map(|us| format!(", {us:.2} µs CPU per consumed message"))
-        .unwrap_or_default();
+    let cpu = match (t.cpu_us_per_message, t.cpu_us_per_message_consuming) {
+        (Some(all), Some(consuming)) => format!(
+            ", {all:.2} µs CPU per consumed message ({consuming:.2} µs from the first assignment on)"
+        ),
+        _ => String::new(),
+    };
     format!(
         "{}: consumed {} in {:.2} s = {:.0} msg/s; delivered {} = {:.0} msg/s{cpu}",
         t.what, t.consumed, t.seconds, t.consumed_per_second, t.delivered, t.delivered_per_second
