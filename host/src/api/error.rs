@@ -174,6 +174,20 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer"),
             );
         }
+        if matches!(
+            self,
+            ApiError::PayloadTooLarge { .. } | ApiError::BodyTimeout { .. }
+        ) {
+            // The request's body was not read to its end, so the server
+            // closes this connection after answering; saying so keeps a
+            // client from putting it back in its pool and sending the next
+            // request on a connection that is closing (it would fail with no
+            // answer at all).
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         response
     }
 }
@@ -204,6 +218,22 @@ mod tests {
         let message = body["message"].as_str().unwrap();
         assert!(message.contains(reference), "{body}");
         assert!(!body.to_string().contains("relation"), "{body}");
+    }
+
+    #[test]
+    fn an_answer_before_the_body_was_read_closes_the_connection() {
+        let closes = |error: ApiError| {
+            error
+                .into_response()
+                .headers()
+                .get(axum::http::header::CONNECTION)
+                .is_some_and(|value| value == "close")
+        };
+        assert!(closes(ApiError::PayloadTooLarge { limit: 1024 }));
+        assert!(closes(ApiError::BodyTimeout { seconds: 5 }));
+        // A record too large inside a body read whole: the connection stays.
+        assert!(!closes(ApiError::TooLarge("record 3 is too large".into())));
+        assert!(!closes(ApiError::BadRequest("no".into())));
     }
 
     #[tokio::test]
