@@ -12,8 +12,7 @@
 //! The same futures as `FutureProducer`'s: each resolves to an
 //! [`OwnedDeliveryResult`], or to `Canceled` if the producer went away first.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
@@ -69,31 +68,26 @@ pub struct AckingProducer {
 
 struct Inner {
     producer: Arc<BaseProducer<Acks>>,
-    stop: Arc<AtomicBool>,
+    /// Held only here: the polling thread stops once it is gone, i.e. once
+    /// the last clone is dropped.
+    _owned: Arc<()>,
     /// Alive while the polling thread runs (it holds the only strong count).
     #[cfg_attr(not(test), allow(dead_code))] // what the tests watch
-    running: std::sync::Weak<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    running: Weak<()>,
 }
 
 impl AckingProducer {
     /// Creates the producer from `config` and starts its thread.
     pub fn new(config: &ClientConfig) -> KafkaResult<Self> {
         let producer: Arc<BaseProducer<Acks>> = Arc::new(config.create_with_context(Acks)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (polled, stopped) = (producer.clone(), stop.clone());
-        let alive = Arc::new(());
-        let running = Arc::downgrade(&alive);
+        let polled = producer.clone();
+        let (owned, alive) = (Arc::new(()), Arc::new(()));
+        let (owner, running) = (Arc::downgrade(&owned), Arc::downgrade(&alive));
         std::thread::Builder::new()
             .name("kafka-acks".into())
             .spawn(move || {
                 let _alive = alive;
-                while !stopped.load(Ordering::Relaxed) {
+                while owner.strong_count() > 0 {
                     polled.poll(POLL_WINDOW);
                 }
             })
@@ -103,7 +97,7 @@ impl AckingProducer {
         Ok(Self {
             inner: Arc::new(Inner {
                 producer,
-                stop,
+                _owned: owned,
                 running,
             }),
         })
