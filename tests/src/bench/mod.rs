@@ -525,6 +525,9 @@ impl Bench {
             .window()
             .with_context(|| format!("{what}: nothing was delivered"))?;
         let seconds = (last - started).as_secs_f64().max(0.001);
+        // CPU µs per consumed message since a sample.
+        let per_message =
+            |since: Duration| (after.cpu - since).as_secs_f64() * 1e6 / consumed.max(1) as f64;
         Ok(Throughput {
             what: what.to_string(),
             consumed,
@@ -532,12 +535,8 @@ impl Bench {
             seconds,
             consumed_per_second: consumed as f64 / seconds,
             delivered_per_second: delivered as f64 / seconds,
-            cpu_us_per_message: Some(
-                (after.cpu - before.cpu).as_secs_f64() * 1e6 / consumed.max(1) as f64,
-            ),
-            cpu_us_per_message_consuming: Some(
-                (after.cpu - running.cpu).as_secs_f64() * 1e6 / consumed.max(1) as f64,
-            ),
+            cpu_us_per_message: Some(per_message(before.cpu)),
+            cpu_us_per_message_consuming: Some(per_message(running.cpu)),
         })
     }
 
